@@ -1,0 +1,3 @@
+from dsl_scale.model.dit import DiT, DiTConfig
+
+__all__ = ["DiT", "DiTConfig"]

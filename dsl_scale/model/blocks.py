@@ -1,0 +1,118 @@
+"""One DiT block: adaLN-modulated attention and MLP with gated, dropped-out residuals.
+
+Activations are [seq, batch, hidden] (megatron-core's layout). The QKV projection is column-parallel
+with its output rows grouped per head as (q, k, v), so a tensor-parallel shard holds whole heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from torch import nn
+
+from dsl_scale.model.layers import LayerNormNoBias, apply_rotary, modulate
+
+
+def default_linear_init(weight: torch.Tensor) -> None:
+    """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) on a [out, in] master weight."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def zeros_init(weight: torch.Tensor) -> None:
+    nn.init.zeros_(weight)
+
+
+class DiTBlock(nn.Module):
+    def __init__(
+        self,
+        hidden: int,
+        n_heads: int,
+        cond_dim: int,
+        mlp_ratio: int,
+        dropout: float,
+        causal: bool,
+        mp_config: ModelParallelConfig,
+    ):
+        super().__init__()
+        tp = mp_config.tensor_model_parallel_size
+        self.head_dim = hidden // n_heads
+        self.local_heads = n_heads // tp
+        self.dropout = dropout
+        self.causal = causal
+        self.norm1 = LayerNormNoBias(hidden)
+        self.attn_qkv = ColumnParallelLinear(
+            hidden, 3 * hidden, config=mp_config, init_method=default_linear_init, bias=False,
+            gather_output=False,
+        )
+        self.attn_out = RowParallelLinear(
+            hidden, hidden, config=mp_config, init_method=default_linear_init, bias=False,
+            input_is_parallel=True, skip_bias_add=False,
+        )
+        self.norm2 = LayerNormNoBias(hidden)
+        self.mlp_fc1 = ColumnParallelLinear(
+            hidden, mlp_ratio * hidden, config=mp_config, init_method=default_linear_init, bias=True,
+            gather_output=False,
+        )
+        self.mlp_fc2 = RowParallelLinear(
+            mlp_ratio * hidden, hidden, config=mp_config, init_method=default_linear_init, bias=True,
+            input_is_parallel=True, skip_bias_add=False,
+        )
+        self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def _residual(self, branch: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return skip + gate * F.dropout(branch, p=self.dropout, training=self.training)
+
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        seq, batch, _ = x.shape
+        qkv, _ = self.attn_qkv(x)
+        qkv = qkv.view(seq, batch, self.local_heads, 3, self.head_dim)
+        q, k, v = qkv.unbind(dim=3)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        out = out.permute(2, 0, 1, 3).reshape(seq, batch, self.local_heads * self.head_dim)
+        out, _ = self.attn_out(out)
+        return out
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.mlp_fc1(x)
+        h = F.gelu(h, approximate="tanh")
+        out, _ = self.mlp_fc2(h)
+        return out
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x: [s, b, H]; cond: [b, C]."""
+        mods = self.adaLN_modulation(cond)[None].chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        x = self._residual(
+            self.attention(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin), gate_msa, x
+        )
+        x = self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x)
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN → LayerNorm → column-parallel Linear(H, V) with bias, zero-initialised (vocab-parallel logits)."""
+
+    def __init__(self, hidden: int, vocab_size: int, cond_dim: int, mp_config: ModelParallelConfig):
+        super().__init__()
+        self.norm_final = LayerNormNoBias(hidden)
+        self.linear = ColumnParallelLinear(
+            hidden, vocab_size, config=mp_config, init_method=zeros_init, bias=True, gather_output=False,
+        )
+        self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x: [b, s, H] → logits [b, s, V / tp]."""
+        shift, scale = self.adaLN_modulation(cond)[:, None].chunk(2, dim=-1)
+        logits, _ = self.linear(modulate(self.norm_final(x), shift, scale))
+        return logits

@@ -1,0 +1,93 @@
+"""Checkpoints that survive a crash: DeepSpeed's sharded state per tag, EMA beside it, and a `latest`
+pointer that rank 0 replaces atomically only after every rank has finished writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dsl_scale.parallel.topology import Topology
+
+LATEST = "latest"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def ema_filename(topo: Topology) -> str:
+    return f"ema_tp{topo.tp_rank:02d}_pp{topo.pp_rank:02d}_dp{topo.dp_rank:03d}.pt"
+
+
+def read_latest(root: Path) -> str | None:
+    """The tag `latest` names, or None when there is no checkpoint; an error when it dangles."""
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    tag = pointer.read_text().strip()
+    if not (root / tag).is_dir():
+        raise FileNotFoundError(f"{pointer} names checkpoint {tag!r}, but {root / tag} does not exist")
+    return tag
+
+
+def step_of(tag: str) -> int:
+    return int(tag.split("_")[-1])
+
+
+def save(engine, root: Path, step: int, topo: Topology, client_state: dict, ema_state: dict | None,
+         ema_sharded: bool, keep: int) -> Path:
+    tag = tag_for(step)
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
+        atomic_torch_save(ema_state, root / tag / ema_filename(topo))
+    if topo.rank == 0:
+        (root / tag / "meta.json").write_text(json.dumps(
+            {"step": step, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ema_sharded": ema_sharded}
+        ))
+    dist.barrier()
+    if topo.rank == 0:
+        atomic_write_text(root / LATEST, tag)
+        prune(root, keep, current=tag)
+    dist.barrier()
+    return root / tag
+
+
+def prune(root: Path, keep: int, current: str) -> None:
+    tags = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    for old in tags[: max(len(tags) - keep, 0)]:
+        if old != current:
+            shutil.rmtree(root / old, ignore_errors=True)
+
+
+def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool) -> tuple[dict, dict | None]:
+    """Restore engine state (weights, optimizer, LR schedule) and return (client_state, ema_state)."""
+    try:
+        path, client_state = engine.load_checkpoint(str(root), tag=tag)
+    except Exception as err:  # DeepSpeed raises many kinds; name the checkpoint in every case
+        raise RuntimeError(f"could not load checkpoint {root / tag}: {err}") from err
+    if path is None:
+        raise FileNotFoundError(f"checkpoint {root / tag} has no model states for this layout")
+    ema_topo = topo if ema_sharded else Topology(**{**topo.__dict__, "dp_rank": 0})
+    ema_path = root / tag / ema_filename(ema_topo)
+    ema_state = torch.load(ema_path, weights_only=True) if ema_path.exists() else None
+    return client_state or {}, ema_state

@@ -1,0 +1,27 @@
+"""Seeds derived from (global seed, step, example index), never from the rank (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key; distinct key tuples give independent streams."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1
+
+
+def generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def uniform(shape: tuple[int, ...], *keys: int) -> torch.Tensor:
+    return torch.rand(shape, generator=generator(*keys), dtype=torch.float64)
+
+
+# Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw.
+TIME_STREAM = 1
+MASK_STREAM = 2
+DROPOUT_STREAM = 3
+EVAL_STREAM = 4

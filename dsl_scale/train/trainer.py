@@ -1,0 +1,198 @@
+"""The training loop: one object owns the engine, data, objective, EMA, checkpoints and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import ModelParallelConfig
+from megatron.core import parallel_state as ps
+from omegaconf import OmegaConf
+
+from dsl_scale.config import Config, validate
+from dsl_scale.data.loader import GlobalBatches, check_manifest, open_shards
+from dsl_scale.model import DiT, DiTConfig
+from dsl_scale.parallel import engine as engine_lib
+from dsl_scale.parallel.engine import build_engine, resolved_precision
+from dsl_scale.parallel.topology import Topology, init_process_groups, set_cpu_threads
+from dsl_scale.tokenizer import get_tokenizer
+from dsl_scale.train import checkpoint, seeding
+from dsl_scale.train.ema import EMA
+from dsl_scale.train.metrics import MetricsWriter
+from dsl_scale.train.objectives import build_objective
+
+
+def build_model(cfg: Config, vocab_size: int, topo: Topology) -> DiT:
+    """Same seed on every rank before construction: every layout starts from the same weights."""
+    torch.manual_seed(cfg.train.seed)
+    mp_config = ModelParallelConfig(
+        tensor_model_parallel_size=topo.tp,
+        pipeline_model_parallel_size=topo.pp,
+        use_cpu_initialization=True,
+        params_dtype=torch.float32,
+    )
+    m = cfg.model
+    dit_cfg = DiTConfig(
+        vocab_size=vocab_size, hidden=m.hidden, n_blocks=m.n_blocks, n_heads=m.n_heads,
+        cond_dim=m.cond_dim, mlp_ratio=m.mlp_ratio, dropout=m.dropout, causal=False,
+        time_conditioning=m.time_conditioning,
+    )
+    return DiT(dit_cfg, mp_config)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        set_cpu_threads()
+        self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp)
+        validate(cfg, self.topo.world_size)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if self.topo.rank == 0:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.structured(cfg), self.run_dir / "config.yaml")
+        self.tokenizer = get_tokenizer(cfg.data.tokenizer)
+        vocab = self.tokenizer.vocab_size
+        check_manifest(cfg.data.path, cfg.model.seq_len, cfg.data.tokenizer, vocab)
+        self.train_data = open_shards(cfg.data.path, "train")
+        self.val_data = open_shards(cfg.data.path, "val")
+
+        model = build_model(cfg, vocab, self.topo)
+        self.nll_fn = type(model).token_nll
+        self.vocab_start = model.vocab_range[0]
+        self.num_parameters = model.num_parameters()
+        self.engine = build_engine(model, cfg, self.topo)
+        self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.ema_sharded = cfg.parallel.zero_stage == 3
+        self.objective = build_objective(cfg.objective.name, self.tokenizer.mask_id, cfg.objective.eps,
+                                         cfg.train.seed)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
+        self.step = 0
+        if cfg.train.resume:
+            self._resume()
+
+    # ----------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        tag = checkpoint.read_latest(self.ckpt_root)
+        if tag is None:
+            return
+        client_state, ema_state = checkpoint.load(self.engine, self.ckpt_root, tag, self.topo, self.ema_sharded)
+        self.step = int(client_state["step"])
+        if self.ema is not None and ema_state is not None:
+            self.ema.load_state_dict(ema_state)
+        self.metrics.truncate_after(self.step)
+        self.log(f"resumed from {self.ckpt_root / tag} at step {self.step}")
+
+    def save(self) -> None:
+        checkpoint.save(
+            self.engine, self.ckpt_root, self.step, self.topo,
+            client_state={"step": self.step, "config": dataclasses.asdict(self.cfg)},
+            ema_state=self.ema.state_dict() if self.ema else None,
+            ema_sharded=self.ema_sharded, keep=self.cfg.train.keep_checkpoints,
+        )
+
+    def log(self, message: str) -> None:
+        if self.topo.rank == 0:
+            print(f"[dsl_scale] {message}", flush=True)
+
+    def _dp_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        dist.all_reduce(value, group=ps.get_data_parallel_group())
+        return float(value) / self.topo.dp
+
+    # ----------------------------------------------------------------------------------------------
+    def train_step(self, batches: GlobalBatches) -> dict:
+        t = self.cfg.train
+        self.engine.train()
+        local = batches.batch_at(self.step)  # [global_batch / dp, L], this DP rank's slice
+        per_rank = local.shape[0]
+        first_position = self.topo.dp_rank * per_rank
+        lr = self.engine.get_lr()[0]
+        losses, grad_norm = [], None
+        for micro, start in enumerate(range(0, per_rank, t.micro_batch)):
+            torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, micro,
+                                                  self.topo.dp_rank))
+            tokens = local[start:start + t.micro_batch]
+            positions = torch.arange(first_position + start, first_position + start + tokens.shape[0])
+            loss = self.objective.loss(self.engine, self.nll_fn, self.vocab_start, tokens, positions,
+                                       self.step, t.global_batch, seeding.MASK_STREAM)
+            self.engine.backward(loss)
+            grad_norm = engine_lib.step(self.engine)
+            losses.append(loss.detach())
+        if self.ema is not None:
+            self.ema.update()
+        return {
+            "loss": self._dp_mean(torch.stack(losses).mean()),
+            "lr": lr,
+            "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """NELBO per token on fixed validation blocks with fixed times and masks (comparable across steps)."""
+        n = min(self.cfg.train.eval_examples, len(self.val_data))
+        n -= n % self.topo.dp
+        per_rank = n // self.topo.dp
+        if per_rank == 0:
+            raise ValueError(f"validation split has {len(self.val_data)} blocks, fewer than the DP size")
+        self.engine.eval()
+        first = self.topo.dp_rank * per_rank
+        total = torch.zeros(())
+        mb = self.cfg.train.micro_batch
+        for start in range(first, first + per_rank, mb):
+            idx = list(range(start, min(start + mb, first + per_rank)))
+            tokens = torch.stack([torch.tensor(self.val_data[i], dtype=torch.long) for i in idx])
+            loss = self.objective.loss(self.engine, self.nll_fn, self.vocab_start, tokens,
+                                       torch.tensor(idx), 0, n, seeding.EVAL_STREAM)
+            total += loss.float() * len(idx)
+        return self._dp_mean(total / per_rank)
+
+    def fit(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.log(
+            f"world {self.topo.world_size} (tp {self.topo.tp} × pp {self.topo.pp} × dp {self.topo.dp}), "
+            f"ZeRO-{cfg.parallel.zero_stage}, {resolved_precision(t.precision)}, model {cfg.model.name} "
+            f"({self.num_parameters / 1e6:.1f}M params), {len(self.train_data)} train blocks of "
+            f"{cfg.model.seq_len}, global batch {t.global_batch}, steps {self.step} → {t.steps}"
+        )
+        batches = GlobalBatches(self.train_data, t.global_batch, self.topo.dp_rank, self.topo.dp,
+                                seed=t.seed, start_step=self.step)
+        if self.step == 0:
+            self._record_eval()
+        deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+        tokens_per_step = t.global_batch * cfg.model.seq_len
+        while self.step < t.steps:
+            started = time.perf_counter()
+            self.step += 1
+            record = {"step": self.step, **self.train_step(batches)}
+            record["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
+            evaluating = self.step % t.eval_every == 0 or self.step == t.steps
+            out_of_time = self._agree(time.monotonic() > deadline)
+            if evaluating or out_of_time:
+                record["val_loss"] = self._record_eval()
+            self.metrics.log_step(record)
+            if self.step % t.log_every == 0 or self.step == 1:
+                self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in record.items()))
+            if self.step % t.save_every == 0 or self.step == t.steps or out_of_time:
+                self.save()
+            if out_of_time:
+                self.log(f"stopping after {t.max_minutes} minutes at step {self.step}")
+                break
+        self.metrics.close()
+
+    def _record_eval(self) -> float:
+        val = self.evaluate()
+        self.metrics.log_eval({"step": self.step, "val_loss": val, "val_ppl_bound": math.exp(min(val, 50))})
+        self.log(f"step {self.step} val_loss {val:.4f}")
+        return val
+
+    def _agree(self, flag: bool) -> bool:
+        """All ranks take rank 0's decision (wall clocks differ between ranks)."""
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.broadcast(value, src=0)
+        return bool(value.item())

@@ -1,0 +1,25 @@
+"""Pretrain a DiT with a diffusion objective.
+
+    deepspeed --num_gpus N launchers/pretrain.py [hydra overrides]   (DS_ACCELERATOR=cpu is set on CPU)
+    torchrun --nproc_per_node N launchers/pretrain.py [overrides]
+    python launchers/pretrain.py [overrides]                          (world of one)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dsl_scale.launch import hydra_main  # noqa: E402
+
+
+def run(cfg) -> None:
+    from dsl_scale.train.trainer import Trainer
+
+    Trainer(cfg).fit()
+
+
+if __name__ == "__main__":
+    hydra_main(run, config_name="config")
