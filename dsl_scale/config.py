@@ -85,12 +85,27 @@ class Config:
     init_from: str | None = None
 
 
+@dataclass
+class SampleConfig:
+    checkpoint: str = "runs/default"
+    weights: str = "auto"  # ema | model | auto (EMA when the checkpoint has it)
+    sampler: str = "mdlm"
+    steps: int = 64
+    num_samples: int = 4
+    batch_size: int = 4
+    top_p: float = 0.9
+    seed: int = 0
+    out: str = "samples.jsonl"
+    print_samples: int = 0  # echo this many decoded samples to stdout
+
+
 OBJECTIVES = ("mdlm",)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
+    ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:
@@ -119,7 +134,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("train.steps must be >= 0 and train.{save,eval,log}_every >= 1")
 
 
-def to_config(cfg: DictConfig | Config) -> Config:
-    if isinstance(cfg, Config):
-        return cfg
+def to_config(cfg: DictConfig):
+    """The typed dataclass behind a Hydra config."""
     return OmegaConf.to_object(cfg)

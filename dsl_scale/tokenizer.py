@@ -76,7 +76,7 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._enc.encode_ordinary_batch(list(texts))
 
-    def decode(self, ids: Iterable[int] | Any) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         """Decode a list, numpy array or torch tensor; [MASK] renders as '[MASK]', EOS as '<|endoftext|>'."""
         ids = _to_int_list(ids)
         pieces: list[str] = []

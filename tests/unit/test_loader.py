@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import importlib.util
 import itertools
-import re
 import json
 import os
+import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,14 @@ from dsl_scale.data.loader import (
     fixed_val_batches,
     open_shards,
 )
+from dsl_scale.data.streaming_compat import import_streaming
+
+
+def test_import_streaming_without_torchvision():
+    streaming = import_streaming()
+    assert streaming.MDSWriter and streaming.LocalDataset
+    if importlib.util.find_spec("torchvision") is None:
+        assert sys.modules["streaming.vision"].DSL_SCALE_PLACEHOLDER is True
 
 
 class ArangeBlocks:

@@ -49,7 +49,8 @@ def test_manifest_matches_disk(wiki_shards, wiki_docs):
     for split in ("train", "val"):
         s = m["splits"][split]
         index = json.loads((wiki_shards / split / "index.json").read_text())
-        assert sum(shard["samples"] for shard in index["shards"]) == s["blocks"] == len(open_shards(str(wiki_shards), split))
+        on_disk = sum(shard["samples"] for shard in index["shards"])
+        assert on_disk == s["blocks"] == len(open_shards(str(wiki_shards), split))
         assert s["blocks"] * (L - 2) <= s["tokens"] < (s["blocks"] + 1) * (L - 2)
     assert len(list((wiki_shards / "train").glob("shard.*.mds"))) > 1
     check_manifest(str(wiki_shards), L, "gpt2", 50258)

@@ -1,0 +1,23 @@
+"""Sample from a trained checkpoint and write samples.jsonl (index, tokens, text, nfe) + settings.
+
+    python launchers/sample.py checkpoint=RUN_DIR steps=T num_samples=N seed=S out=FILE.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dsl_scale.launch import hydra_main  # noqa: E402
+
+
+def run(cfg) -> None:
+    from dsl_scale.sampling.driver import run_sampling
+
+    run_sampling(cfg)
+
+
+if __name__ == "__main__":
+    hydra_main(run, config_name="sample")
