@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from dsl_scale.checkpoint_io.deepspeed_format import (
     load_model_weights,
     load_training_config,

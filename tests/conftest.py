@@ -68,3 +68,18 @@ def wiki_shards(tmp_path_factory: pytest.TempPathFactory, wiki_docs: list[str]) 
         mp.setitem(sources.SOURCES, "wikipedia-sample", lambda: iter(wiki_docs))
         prepare("wikipedia-sample", str(out), 64, val_fraction=0.05, shard_size_bytes=1 << 16, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def process_group():
+    """A world of one (gloo) with megatron-core's TP=PP=1 groups, for code built from megatron layers."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from dsl_scale.parallel.topology import free_port
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    yield
