@@ -85,27 +85,12 @@ class Config:
     init_from: str | None = None
 
 
-@dataclass
-class SampleConfig:
-    checkpoint: str = "runs/default"
-    weights: str = "auto"  # ema | model | auto (EMA when the checkpoint has it)
-    sampler: str = "mdlm"
-    steps: int = 64
-    num_samples: int = 4
-    batch_size: int = 4
-    top_p: float = 0.9
-    seed: int = 0
-    out: str = "samples.jsonl"
-    print_samples: int = 0  # echo this many decoded samples to stdout
-
-
-OBJECTIVES = ("mdlm",)
+OBJECTIVES = ("mdlm", "ar")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
-    ConfigStore.instance().store(name="sample_schema", node=SampleConfig)
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:

@@ -27,7 +27,8 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return kept
 
 
-def hydra_main(run: Callable, config_name: str) -> None:
+def hydra_main(run: Callable, config_name: str, register: Callable[[], None]) -> None:
+    """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore."""
     from dsl_scale.parallel.topology import prepare_environment
 
     sys.argv = strip_launcher_args(sys.argv)
@@ -35,9 +36,9 @@ def hydra_main(run: Callable, config_name: str) -> None:
 
     import hydra
 
-    from dsl_scale.config import register_configs, to_config
+    from dsl_scale.config import to_config
 
-    register_configs()
+    register()
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg) -> None:

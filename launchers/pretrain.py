@@ -22,4 +22,6 @@ def run(cfg) -> None:
 
 
 if __name__ == "__main__":
-    hydra_main(run, config_name="config")
+    from dsl_scale.config import register_configs
+
+    hydra_main(run, config_name="config", register=register_configs)

@@ -20,4 +20,6 @@ def run(cfg) -> None:
 
 
 if __name__ == "__main__":
-    hydra_main(run, config_name="sample")
+    from dsl_scale.sampling.config import register_sample_configs
+
+    hydra_main(run, config_name="sample", register=register_sample_configs)

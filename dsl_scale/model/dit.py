@@ -67,13 +67,17 @@ class DiT(nn.Module):
         """[start, end) of the vocabulary ids whose logits this rank holds."""
         return self.vocab_embed.vocab_start_index, self.vocab_embed.vocab_end_index
 
-    def forward(self, tokens: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: [b, s] ids → vocab-parallel logits [b, s, V / tp]. σ is ignored unless time-conditioned."""
-        batch, seq = tokens.shape
+    def forward(self, tokens: torch.Tensor | None, sigma: torch.Tensor | None = None,
+                input_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [b, s] ids (or `input_embeds` [b, s, H] in place of their embedding, e.g. from DSL's
+        converter) → vocab-parallel logits [b, s, V / tp]. σ is ignored unless time-conditioned."""
+        if input_embeds is None:
+            input_embeds = self.vocab_embed(tokens)
+        batch, seq, _ = input_embeds.shape
         if sigma is None or not self.cfg.time_conditioning:
-            sigma = torch.zeros(batch, device=tokens.device)
+            sigma = torch.zeros(batch, device=input_embeds.device)
         cond = torch.nn.functional.silu(self.sigma_map(sigma)).to(self.vocab_embed.weight.dtype)
-        x = self.vocab_embed(tokens).transpose(0, 1)  # [s, b, H]
+        x = input_embeds.transpose(0, 1)  # [s, b, H]
         cos, sin = self.rotary_emb.cos_sin(seq)
         for block in self.blocks:
             x = block(x, cond, cos, sin)

@@ -7,34 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from dsl_scale.checkpoint_io.deepspeed_format import (
-    load_model_weights,
-    load_training_config,
-    resolve_checkpoint,
-)
-from dsl_scale.config import Config, SampleConfig
-from dsl_scale.parallel.topology import Topology, init_process_groups, set_cpu_threads
+from dsl_scale.checkpoint_io.inference import load_for_inference
+from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
+from dsl_scale.sampling.config import SampleConfig
 from dsl_scale.sampling.generate import sample_mdlm
-from dsl_scale.tokenizer import get_tokenizer
 
 SAMPLERS = ("mdlm",)
-
-
-def load_model(checkpoint: str, weights: str):
-    """The DiT of a checkpoint in eval mode, at TP=1 (for one process)."""
-    from omegaconf import OmegaConf
-
-    from dsl_scale.train.trainer import build_model
-
-    tag_dir = resolve_checkpoint(checkpoint)
-    train_cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
-                                                            load_training_config(tag_dir)))
-    tokenizer = get_tokenizer(train_cfg.data.tokenizer)
-    topo = init_process_groups(1, 1)
-    model = build_model(train_cfg, tokenizer.vocab_size, Topology(**{**topo.__dict__, "tp": 1, "pp": 1}))
-    state, which = load_model_weights(tag_dir, weights)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), train_cfg, tokenizer, tag_dir, which
 
 
 def run_sampling(cfg: SampleConfig) -> None:
@@ -42,7 +20,10 @@ def run_sampling(cfg: SampleConfig) -> None:
         raise ValueError(f"sampler={cfg.sampler!r} is not one of {SAMPLERS}")
     set_cpu_threads()
     started = time.time()
-    model, train_cfg, tokenizer, tag_dir, which = load_model(cfg.checkpoint, cfg.weights)
+    init_process_groups(1, 1)
+    loaded = load_for_inference(cfg.checkpoint, cfg.weights)
+    model, train_cfg, tokenizer = loaded.model, loaded.train_config, loaded.tokenizer
+    tag_dir, which = loaded.checkpoint_dir, loaded.weights
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = []

@@ -35,7 +35,21 @@ class MDLMObjective:
         return mdlm.mdlm_loss(nll, masked.to(tokens.device), t.to(nll.device), self.eps)
 
 
+class AutoregressiveObjective:
+    """The AR baseline: the same stack with causal attention, next-token cross-entropy per token."""
+
+    def __init__(self, mask_id: int):
+        self.mask_id = mask_id
+
+    def loss(self, model, nll_fn, vocab_start: int, tokens, positions, key, batch_size, stream):
+        logits = model(tokens[:, :-1])
+        mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
+        return nll_fn(logits, tokens[:, 1:]).mean()
+
+
 def build_objective(name: str, mask_id: int, eps: float, seed: int):
     if name == "mdlm":
         return MDLMObjective(mask_id, eps, seed)
+    if name == "ar":
+        return AutoregressiveObjective(mask_id)
     raise ValueError(f"unknown objective {name!r}")

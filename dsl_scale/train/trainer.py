@@ -9,39 +9,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import ModelParallelConfig
 from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 
 from dsl_scale.config import Config, validate
 from dsl_scale.data.loader import GlobalBatches, check_manifest, open_shards
-from dsl_scale.model import DiT, DiTConfig
+from dsl_scale.model.factory import build_dit
 from dsl_scale.parallel import engine as engine_lib
 from dsl_scale.parallel.engine import build_engine, resolved_precision
-from dsl_scale.parallel.topology import Topology, init_process_groups, set_cpu_threads
+from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import checkpoint, seeding
 from dsl_scale.train.ema import EMA
 from dsl_scale.train.metrics import MetricsWriter
 from dsl_scale.train.objectives import build_objective
-
-
-def build_model(cfg: Config, vocab_size: int, topo: Topology) -> DiT:
-    """Same seed on every rank before construction: every layout starts from the same weights."""
-    torch.manual_seed(cfg.train.seed)
-    mp_config = ModelParallelConfig(
-        tensor_model_parallel_size=topo.tp,
-        pipeline_model_parallel_size=topo.pp,
-        use_cpu_initialization=True,
-        params_dtype=torch.float32,
-    )
-    m = cfg.model
-    dit_cfg = DiTConfig(
-        vocab_size=vocab_size, hidden=m.hidden, n_blocks=m.n_blocks, n_heads=m.n_heads,
-        cond_dim=m.cond_dim, mlp_ratio=m.mlp_ratio, dropout=m.dropout, causal=False,
-        time_conditioning=m.time_conditioning,
-    )
-    return DiT(dit_cfg, mp_config)
 
 
 class Trainer:
@@ -61,7 +42,8 @@ class Trainer:
         self.train_data = open_shards(cfg.data.path, "train")
         self.val_data = open_shards(cfg.data.path, "val")
 
-        model = build_model(cfg, vocab, self.topo)
+        model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
+                          tp=self.topo.tp, pp=self.topo.pp)
         self.nll_fn = type(model).token_nll
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()

@@ -1,0 +1,36 @@
+"""A trained checkpoint as a model ready for inference in one process (TP = PP = 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from dsl_scale.checkpoint_io.deepspeed_format import load_model_weights, load_training_config, resolve_checkpoint
+from dsl_scale.config import Config
+from dsl_scale.model import DiT
+from dsl_scale.model.factory import build_dit
+from dsl_scale.tokenizer import Tokenizer, get_tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: DiT  # eval mode
+    train_config: Config
+    tokenizer: Tokenizer
+    checkpoint_dir: Path
+    weights: str  # "ema" or "model"
+
+
+def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedModel:
+    """Needs megatron-core's process groups (a world of one is enough: see parallel.topology)."""
+    tag_dir = resolve_checkpoint(checkpoint)
+    saved = load_training_config(tag_dir)
+    train_cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    tokenizer = get_tokenizer(train_cfg.data.tokenizer)
+    model = build_dit(train_cfg.model, tokenizer.vocab_size, train_cfg.train.seed,
+                      causal=train_cfg.objective.name == "ar")
+    state, which = load_model_weights(tag_dir, weights)
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(model.eval(), train_cfg, tokenizer, tag_dir, which)
