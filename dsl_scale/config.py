@@ -71,6 +71,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     resume: bool = True
+    save_final_weights: bool = False  # also write run_dir/final/model.safetensors (unsharded, fp32)
 
 
 @dataclass
@@ -108,6 +109,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(
             f"world size {world_size} is not divisible by parallel.tp × parallel.pp = "
             f"{cfg.parallel.tp} × {cfg.parallel.pp}"
+        )
+    if cfg.parallel.pp > 1 and cfg.parallel.zero_stage > 1:
+        raise ValueError(
+            f"parallel.zero_stage={cfg.parallel.zero_stage} with parallel.pp={cfg.parallel.pp}: ZeRO-2/3 reduce "
+            "and gather parameters inside DeepSpeed's own backward/forward, which a pipeline schedule bypasses "
+            "(DeepSpeed's pipeline engine refuses them too); use ZeRO-0 or ZeRO-1 with pipeline parallelism"
         )
     dp = world_size // model_parallel
     if cfg.train.global_batch % (cfg.train.micro_batch * dp):

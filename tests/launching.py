@@ -19,7 +19,7 @@ def env() -> dict[str, str]:
 
 
 def command(launcher: str, script: str, ranks: int, overrides: list[str]) -> list[str]:
-    target = [str(REPO / "launchers" / script), *overrides]
+    target = [str(REPO / script if "/" in script else REPO / "launchers" / script), *overrides]
     if launcher == "deepspeed":
         return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), *target]
     if launcher == "torchrun":

@@ -1,7 +1,11 @@
 """The MDLM Diffusion Transformer (SPEC §2), built from megatron-core tensor-parallel layer types.
 
 The network is the same at every tensor-parallel size: megatron's layers hold their shard of each
-weight; nothing here talks to process groups directly.
+weight; nothing here talks to process groups directly. For pipeline parallelism a DiT is built per
+stage with a contiguous range of blocks (global names, `blocks.<i>`, so checkpoints keep one naming):
+the first stage owns the embedding and noise map, the last the output layer. Between stages the
+activations travel as one tensor [s + 1, b, H]: the hidden states plus, as row s, the conditioning
+vector (zero-padded to H), which every stage's adaLN needs and whose gradient must flow back.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from megatron.core import ModelParallelConfig
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import VocabParallelEmbedding, vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel.utils import VocabUtility
 from torch import nn
 
 from dsl_scale.model.blocks import DiTBlock, FinalLayer
@@ -30,7 +36,7 @@ class DiTConfig:
     causal: bool = False
     time_conditioning: bool = False
 
-    def validate(self, tp: int = 1) -> None:
+    def validate(self, tp: int = 1, pp: int = 1) -> None:
         if self.hidden % self.n_heads:
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.n_heads={self.n_heads}")
         if (self.hidden // self.n_heads) % 2:
@@ -39,6 +45,13 @@ class DiTConfig:
             raise ValueError(f"model.n_heads={self.n_heads} is not divisible by parallel.tp={tp}")
         if self.vocab_size % tp:
             raise ValueError(f"vocab size {self.vocab_size} is not divisible by parallel.tp={tp}")
+        if self.n_blocks % pp:
+            raise ValueError(f"model.n_blocks={self.n_blocks} is not divisible by parallel.pp={pp}")
+        if pp > 1 and self.cond_dim > self.hidden:
+            raise ValueError(
+                f"model.cond_dim={self.cond_dim} > model.hidden={self.hidden}: the conditioning row cannot "
+                "travel with the activations between pipeline stages"
+            )
 
 
 def default_embedding_init(weight: torch.Tensor) -> None:
@@ -46,42 +59,69 @@ def default_embedding_init(weight: torch.Tensor) -> None:
 
 
 class DiT(nn.Module):
-    def __init__(self, cfg: DiTConfig, mp_config: ModelParallelConfig | None = None):
+    def __init__(self, cfg: DiTConfig, mp_config: ModelParallelConfig | None = None, stage: int = 0):
         super().__init__()
         mp_config = mp_config or ModelParallelConfig(use_cpu_initialization=True)
-        cfg.validate(mp_config.tensor_model_parallel_size)
+        pp = mp_config.pipeline_model_parallel_size
+        cfg.validate(mp_config.tensor_model_parallel_size, pp)
         self.cfg = cfg
-        self.vocab_embed = VocabParallelEmbedding(
-            cfg.vocab_size, cfg.hidden, init_method=default_embedding_init, config=mp_config
-        )
-        self.sigma_map = NoiseEmbedder(cfg.cond_dim)
+        self.config = mp_config  # megatron's pipeline schedules look for `.config`
+        self.pre_process = stage == 0
+        self.post_process = stage == pp - 1
+        per_stage = cfg.n_blocks // pp
+        self.block_ids = range(stage * per_stage, (stage + 1) * per_stage)
+        self.input_tensor: torch.Tensor | None = None
+        if self.pre_process:
+            self.vocab_embed = VocabParallelEmbedding(
+                cfg.vocab_size, cfg.hidden, init_method=default_embedding_init, config=mp_config
+            )
+            self.sigma_map = NoiseEmbedder(cfg.cond_dim)
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
-        self.blocks = nn.ModuleList(
-            DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal, mp_config)
-            for _ in range(cfg.n_blocks)
+        self.blocks = nn.ModuleDict(
+            {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
+                              mp_config)
+             for i in self.block_ids}
         )
-        self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim, mp_config)
+        if self.post_process:
+            self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim, mp_config)
 
     @property
     def vocab_range(self) -> tuple[int, int]:
-        """[start, end) of the vocabulary ids whose logits this rank holds."""
-        return self.vocab_embed.vocab_start_index, self.vocab_embed.vocab_end_index
+        """[start, end) of the vocabulary ids whose logits (and embedding rows) this rank holds."""
+        tp = self.config.tensor_model_parallel_size
+        rank = parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0
+        return tuple(VocabUtility.vocab_range_from_global_vocab_size(self.cfg.vocab_size, rank, tp))
 
-    def forward(self, tokens: torch.Tensor | None, sigma: torch.Tensor | None = None,
-                input_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [b, s] ids (or `input_embeds` [b, s, H] in place of their embedding, e.g. from DSL's
-        converter) → vocab-parallel logits [b, s, V / tp]. σ is ignored unless time-conditioned."""
+    def set_input_tensor(self, tensor) -> None:
+        """Activations received from the previous pipeline stage (megatron's schedule calls this)."""
+        self.input_tensor = tensor[0] if isinstance(tensor, (list, tuple)) else tensor
+
+    def embed(self, tokens: torch.Tensor | None, sigma: torch.Tensor | None,
+              input_embeds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if input_embeds is None:
             input_embeds = self.vocab_embed(tokens)
-        batch, seq, _ = input_embeds.shape
+        batch = input_embeds.shape[0]
         if sigma is None or not self.cfg.time_conditioning:
             sigma = torch.zeros(batch, device=input_embeds.device)
-        cond = torch.nn.functional.silu(self.sigma_map(sigma)).to(self.vocab_embed.weight.dtype)
-        x = input_embeds.transpose(0, 1)  # [s, b, H]
-        cos, sin = self.rotary_emb.cos_sin(seq)
-        for block in self.blocks:
+        cond = F.silu(self.sigma_map(sigma)).to(self.vocab_embed.weight.dtype)
+        return input_embeds.transpose(0, 1), cond  # [s, b, H], [b, C]
+
+    def forward(self, tokens: torch.Tensor | None = None, sigma: torch.Tensor | None = None,
+                input_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [b, s] ids (or `input_embeds` [b, s, H] in place of their embedding, e.g. from DSL's
+        converter) → vocab-parallel logits [b, s, V / tp] on the last stage, else the stage tensor
+        [s + 1, b, H]. σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s."""
+        if self.pre_process:
+            x, cond = self.embed(tokens, sigma, input_embeds)
+        else:
+            x, cond = self.input_tensor[:-1], self.input_tensor[-1, :, : self.cfg.cond_dim]
+        cos, sin = self.rotary_emb.cos_sin(x.shape[0])
+        for block in self.blocks.values():
             x = block(x, cond, cos, sin)
-        return self.output_layer(x.transpose(0, 1), cond)
+        if self.post_process:
+            return self.output_layer(x.transpose(0, 1), cond)
+        cond_row = F.pad(cond, (0, self.cfg.hidden - self.cfg.cond_dim))[None]
+        return torch.cat([x, cond_row], dim=0)
 
     @staticmethod
     def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from megatron.core import ModelParallelConfig
+from megatron.core.transformer import TransformerConfig
 
 from dsl_scale.config import ModelConfig
 from dsl_scale.model.dit import DiT, DiTConfig
@@ -18,10 +18,19 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False) -> DiT
 
 
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
-              pp: int = 1) -> DiT:
-    torch.manual_seed(seed)
-    mp_config = ModelParallelConfig(
+              pp: int = 1, stage: int = 0) -> DiT:
+    """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
+    order from the same seed and keeps its own part, so a layout never changes the initial weights."""
+    cfg = dit_config(model, vocab_size, causal)
+    # TransformerConfig rather than its base ModelParallelConfig: megatron's pipeline schedules read
+    # transformer fields (hidden_size for the p2p buffers, among others).
+    mp_config = TransformerConfig(
+        num_layers=cfg.n_blocks, hidden_size=cfg.hidden, num_attention_heads=cfg.n_heads,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, use_cpu_initialization=True,
-        params_dtype=torch.float32,
+        params_dtype=torch.float32, pipeline_dtype=torch.float32,
     )
-    return DiT(dit_config(model, vocab_size, causal), mp_config)
+    torch.manual_seed(seed)
+    if pp == 1:
+        return DiT(cfg, mp_config)
+    stages = [DiT(cfg, mp_config, stage=s) for s in range(pp)]  # same draws as one DiT, in the same order
+    return stages[stage]

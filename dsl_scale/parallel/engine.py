@@ -19,9 +19,11 @@ def resolved_precision(precision: str) -> str:
 def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
     t, o = cfg.train, cfg.optim
     accumulation = t.global_batch // (t.micro_batch * topo.dp)
+    if topo.pp > 1:  # megatron's schedule accumulates the micro-batches (parallel/pipeline.py)
+        accumulation = 1
     return {
         "train_batch_size": t.global_batch,
-        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "train_micro_batch_size_per_gpu": t.global_batch // (topo.dp * accumulation),
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": o.grad_clip,
         "optimizer": {
@@ -49,6 +51,7 @@ def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int):
 def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
     import deepspeed
 
+    mark_norm_owners(model, topo.tp_rank)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -59,19 +62,41 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
     return engine
 
 
-def step(engine) -> float | None:
+def mark_norm_owners(module: torch.nn.Module, tp_rank: int) -> None:
+    """Make DeepSpeed count each parameter once in the global gradient norm.
+
+    DeepSpeed counts a parameter on every rank when it is model-parallel, else only on model-parallel
+    rank 0. With pipeline stages, a TP-replicated parameter lives on TP rank 0 of *its* stage, whose
+    model-parallel rank is not 0, so on TP rank 0 every parameter is marked as owned.
+    """
+    if tp_rank == 0:
+        for param in module.parameters():
+            param.model_parallel = True
+
+
+def grad_norm(module: torch.nn.Module, tp_rank: int) -> float:
+    """Global L2 norm of the gradients over the TP × PP group, each parameter counted once."""
+    from megatron.core import parallel_state as ps
+
+    squares = torch.zeros((), dtype=torch.float64)
+    for param in module.parameters():
+        owned = tp_rank == 0 or getattr(param, "tensor_model_parallel", False)
+        if param.grad is not None and owned:
+            squares += param.grad.detach().double().pow(2).sum()
+    torch.distributed.all_reduce(squares, group=ps.get_model_parallel_group())
+    return float(squares.sqrt())
+
+
+def step(engine, tp_rank: int = 0) -> float | None:
     """engine.step(), returning the pre-clipping gradient norm when this micro-step ended a global step.
 
     DeepSpeed reports the norm itself under ZeRO and bf16; its plain fp32 path clips without keeping
     the value, so it is computed here (over the model-parallel group, like DeepSpeed does) first.
     """
-    from deepspeed.runtime.utils import get_global_norm_of_tensors
-
     boundary = engine.is_gradient_accumulation_boundary()
     norm = None
     if boundary and not (engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled()):
-        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        norm = float(get_global_norm_of_tensors(grads, mpu=engine.mpu))
+        norm = grad_norm(engine.module, tp_rank)
     engine.step()
     if boundary and norm is None:
         reported = engine.get_global_grad_norm()

@@ -1,7 +1,10 @@
-"""Training objectives as (model, clean batch, positions) → loss, with every random draw seeded from
-(seed, step, position in the global batch) so the numbers do not depend on the DP size."""
+"""Training objectives as two halves: `prepare` (clean batch → model inputs, with every random draw
+seeded from (seed, step, position in the global batch), so the numbers do not depend on the DP size)
+and `loss` (logits → scalar). The halves meet on different pipeline stages when PP > 1."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -10,29 +13,36 @@ from dsl_scale.diffusion.schedules import antithetic_times, log_linear_sigma
 from dsl_scale.train import seeding
 
 
+@dataclass
+class Prepared:
+    inputs: torch.Tensor  # token ids the model reads, [b, s]
+    targets: torch.Tensor  # [b, s]
+    sigma: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class MDLMObjective:
     def __init__(self, mask_id: int, eps: float, seed: int):
         self.mask_id = mask_id
         self.eps = eps
         self.seed = seed
 
-    def draw(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int, stream: int):
+    def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
+                stream: int) -> Prepared:
         """Antithetic times over the `batch_size` examples sharing `key` (a step), per-example mask noise."""
         u = float(seeding.uniform((), self.seed, stream, key))
-        t_all = antithetic_times(batch_size, u, self.eps)
-        t = t_all[positions]
+        t = antithetic_times(batch_size, u, self.eps)[positions]
         noise = torch.stack(
             [seeding.uniform((tokens.shape[1],), self.seed, stream, key, int(p)) for p in positions]
         )
         z, masked = mdlm.mask_tokens(tokens, t, noise, self.mask_id, self.eps)
-        return z, masked, t
+        sigma = log_linear_sigma(t, self.eps).float()
+        return Prepared(z, tokens, sigma, {"masked": masked, "t": t})
 
-    def loss(self, model, nll_fn, vocab_start: int, tokens, positions, key, batch_size, stream):
-        z, masked, t = self.draw(tokens, positions, key, batch_size, stream)
-        logits = model(z, log_linear_sigma(t, self.eps).float())
+    def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
         mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
-        nll = nll_fn(logits, tokens)
-        return mdlm.mdlm_loss(nll, masked.to(tokens.device), t.to(nll.device), self.eps)
+        nll = nll_fn(logits, batch.targets)
+        return mdlm.mdlm_loss(nll, batch.extras["masked"], batch.extras["t"].to(nll.device), self.eps)
 
 
 class AutoregressiveObjective:
@@ -41,10 +51,13 @@ class AutoregressiveObjective:
     def __init__(self, mask_id: int):
         self.mask_id = mask_id
 
-    def loss(self, model, nll_fn, vocab_start: int, tokens, positions, key, batch_size, stream):
-        logits = model(tokens[:, :-1])
+    def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
+                stream: int) -> Prepared:
+        return Prepared(tokens[:, :-1], tokens[:, 1:])
+
+    def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
         mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
-        return nll_fn(logits, tokens[:, 1:]).mean()
+        return nll_fn(logits, batch.targets).mean()
 
 
 def build_objective(name: str, mask_id: int, eps: float, seed: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -15,22 +16,26 @@ from omegaconf import OmegaConf
 from dsl_scale.config import Config, validate
 from dsl_scale.data.loader import GlobalBatches, check_manifest, open_shards
 from dsl_scale.model.factory import build_dit
+from dsl_scale.parallel import cpu_compat, pipeline
 from dsl_scale.parallel import engine as engine_lib
+from dsl_scale.parallel.consolidate import full_state_dict
 from dsl_scale.parallel.engine import build_engine, resolved_precision
 from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import checkpoint, seeding
 from dsl_scale.train.ema import EMA
 from dsl_scale.train.metrics import MetricsWriter
-from dsl_scale.train.objectives import build_objective
+from dsl_scale.train.objectives import Prepared, build_objective
 
 
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         set_cpu_threads()
+        validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        cpu_compat.install()
         self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp)
-        validate(cfg, self.topo.world_size)
+        cpu_compat.seed_parallel_rng(cfg.train.seed, self.topo.tp_rank)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         if self.topo.rank == 0:
@@ -43,7 +48,7 @@ class Trainer:
         self.val_data = open_shards(cfg.data.path, "val")
 
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
-                          tp=self.topo.tp, pp=self.topo.pp)
+                          tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank)
         self.nll_fn = type(model).token_nll
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()
@@ -87,58 +92,81 @@ class Trainer:
         return float(value) / self.topo.dp
 
     # ----------------------------------------------------------------------------------------------
+    def _forward_loss(self, batch: Prepared) -> torch.Tensor:
+        logits = self.engine(batch.inputs, batch.sigma)
+        return self.objective.loss(logits, batch, self.nll_fn, self.vocab_start)
+
+    def _micro_batches(self, tokens: torch.Tensor, first_position: int, key: int, batch_size: int,
+                       stream: int) -> list[Prepared]:
+        mb = self.cfg.train.micro_batch
+        return [
+            self.objective.prepare(tokens[i:i + mb], torch.arange(first_position + i,
+                                                                   first_position + i + len(tokens[i:i + mb])),
+                                   key, batch_size, stream)
+            for i in range(0, len(tokens), mb)
+        ]
+
     def train_step(self, batches: GlobalBatches) -> dict:
         t = self.cfg.train
         self.engine.train()
         local = batches.batch_at(self.step)  # [global_batch / dp, L], this DP rank's slice
-        per_rank = local.shape[0]
-        first_position = self.topo.dp_rank * per_rank
+        micro_batches = self._micro_batches(local, self.topo.dp_rank * len(local), self.step, t.global_batch,
+                                            seeding.MASK_STREAM)
         lr = self.engine.get_lr()[0]
-        losses, grad_norm = [], None
-        for micro, start in enumerate(range(0, per_rank, t.micro_batch)):
-            torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, micro,
-                                                  self.topo.dp_rank))
-            tokens = local[start:start + t.micro_batch]
-            positions = torch.arange(first_position + start, first_position + start + tokens.shape[0])
-            loss = self.objective.loss(self.engine, self.nll_fn, self.vocab_start, tokens, positions,
-                                       self.step, t.global_batch, seeding.MASK_STREAM)
-            self.engine.backward(loss)
-            grad_norm = engine_lib.step(self.engine)
-            losses.append(loss.detach())
+        if self.topo.pp > 1:
+            torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, self.topo.dp_rank))
+            losses = pipeline.run_schedule(self.engine.module, micro_batches, self._loss_fn, forward_only=False)
+            loss = pipeline.last_stage_mean(losses)
+            pipeline.finish_step(self.engine)
+            grad_norm = engine_lib.step(self.engine, self.topo.tp_rank)
+        else:
+            losses, grad_norm = [], None
+            for micro, batch in enumerate(micro_batches):
+                torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, micro,
+                                                      self.topo.dp_rank))
+                micro_loss = self._forward_loss(batch)
+                self.engine.backward(micro_loss)
+                grad_norm = engine_lib.step(self.engine, self.topo.tp_rank)
+                losses.append(micro_loss.detach())
+            loss = torch.stack(losses).mean()
         if self.ema is not None:
             self.ema.update()
         return {
-            "loss": self._dp_mean(torch.stack(losses).mean()),
+            "loss": self._dp_mean(loss),
             "lr": lr,
             "grad_norm": grad_norm if grad_norm is not None else float("nan"),
         }
 
+    def _loss_fn(self, logits: torch.Tensor, batch: Prepared) -> torch.Tensor:
+        return self.objective.loss(logits, batch, self.nll_fn, self.vocab_start)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """NELBO per token on fixed validation blocks with fixed times and masks (comparable across steps)."""
-        n = min(self.cfg.train.eval_examples, len(self.val_data))
-        n -= n % self.topo.dp
-        per_rank = n // self.topo.dp
+        per_rank = min(self.cfg.train.eval_examples, len(self.val_data)) // self.topo.dp
+        if self.topo.pp > 1 and per_rank >= self.cfg.train.micro_batch:  # equal micro-batches for p2p
+            per_rank -= per_rank % self.cfg.train.micro_batch
+        n = per_rank * self.topo.dp
         if per_rank == 0:
             raise ValueError(f"validation split has {len(self.val_data)} blocks, fewer than the DP size")
         self.engine.eval()
         first = self.topo.dp_rank * per_rank
-        total = torch.zeros(())
-        mb = self.cfg.train.micro_batch
-        for start in range(first, first + per_rank, mb):
-            idx = list(range(start, min(start + mb, first + per_rank)))
-            tokens = torch.stack([torch.tensor(self.val_data[i], dtype=torch.long) for i in idx])
-            loss = self.objective.loss(self.engine, self.nll_fn, self.vocab_start, tokens,
-                                       torch.tensor(idx), 0, n, seeding.EVAL_STREAM)
-            total += loss.float() * len(idx)
-        return self._dp_mean(total / per_rank)
+        tokens = torch.stack([torch.tensor(self.val_data[i], dtype=torch.long)
+                              for i in range(first, first + per_rank)])
+        micro_batches = self._micro_batches(tokens, first, 0, n, seeding.EVAL_STREAM)
+        if self.topo.pp > 1:
+            losses = pipeline.run_schedule(self.engine.module, micro_batches, self._loss_fn, forward_only=True)
+            return self._dp_mean(pipeline.last_stage_mean(losses))
+        sizes = torch.tensor([len(b.inputs) for b in micro_batches], dtype=torch.float64)
+        losses = torch.stack([self._forward_loss(b).double() for b in micro_batches])
+        return self._dp_mean((losses * sizes).sum() / sizes.sum())
 
     def fit(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         self.log(
             f"world {self.topo.world_size} (tp {self.topo.tp} × pp {self.topo.pp} × dp {self.topo.dp}), "
             f"ZeRO-{cfg.parallel.zero_stage}, {resolved_precision(t.precision)}, model {cfg.model.name} "
-            f"({self.num_parameters / 1e6:.1f}M params), {len(self.train_data)} train blocks of "
+            f"({self.num_parameters / 1e6:.1f}M params on this rank), {len(self.train_data)} train blocks of "
             f"{cfg.model.seq_len}, global batch {t.global_batch}, steps {self.step} → {t.steps}"
         )
         batches = GlobalBatches(self.train_data, t.global_batch, self.topo.dp_rank, self.topo.dp,
@@ -165,7 +193,17 @@ class Trainer:
             if out_of_time:
                 self.log(f"stopping after {t.max_minutes} minutes at step {self.step}")
                 break
+        if t.save_final_weights:
+            self.save_final_weights()
         self.metrics.close()
+
+    def save_final_weights(self) -> None:
+        from safetensors.torch import save_file
+
+        state = full_state_dict(self.engine.module, self.cfg.parallel.zero_stage)
+        if state is not None:
+            (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(self.run_dir / "final" / "model.safetensors"))
 
     def _record_eval(self) -> float:
         val = self.evaluate()
