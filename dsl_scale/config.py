@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 @dataclass
 class ModelConfig:
     name: str = "tiny"
+    recompute: bool = False  # activation recomputation: keep only block inputs, redo the block in backward
     hidden: int = 512
     n_blocks: int = 8
     n_heads: int = 8
@@ -33,7 +34,9 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    path: str = "data/wikipedia-sample-L128"
+    path: str = "data/${data.source}-L${model.seq_len}"
+    # When `path` does not exist, rank 0 prepares it from this source first ("" = never prepare).
+    source: str = "wikipedia-sample"
     format: str = "mds"
     tokenizer: str = "gpt2"
 

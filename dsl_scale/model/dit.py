@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import VocabParallelEmbedding, vocab_parallel_cross_entropy
 from megatron.core.tensor_parallel.utils import VocabUtility
@@ -35,6 +36,7 @@ class DiTConfig:
     dropout: float = 0.1
     causal: bool = False
     time_conditioning: bool = False
+    recompute: bool = False
 
     def validate(self, tp: int = 1, pp: int = 1) -> None:
         if self.hidden % self.n_heads:
@@ -117,7 +119,10 @@ class DiT(nn.Module):
             x, cond = self.input_tensor[:-1], self.input_tensor[-1, :, : self.cfg.cond_dim]
         cos, sin = self.rotary_emb.cos_sin(x.shape[0])
         for block in self.blocks.values():
-            x = block(x, cond, cos, sin)
+            if self.cfg.recompute and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cond, cos, sin)
         if self.post_process:
             return self.output_layer(x.transpose(0, 1), cond)
         cond_row = F.pad(cond, (0, self.cfg.hidden - self.cfg.cond_dim))[None]

@@ -13,7 +13,7 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False) -> DiT
     return DiTConfig(
         vocab_size=vocab_size, hidden=model.hidden, n_blocks=model.n_blocks, n_heads=model.n_heads,
         cond_dim=model.cond_dim, mlp_ratio=model.mlp_ratio, dropout=model.dropout, causal=causal,
-        time_conditioning=model.time_conditioning,
+        time_conditioning=model.time_conditioning, recompute=model.recompute,
     )
 
 

@@ -43,6 +43,7 @@ class Trainer:
             OmegaConf.save(OmegaConf.structured(cfg), self.run_dir / "config.yaml")
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         vocab = self.tokenizer.vocab_size
+        self._ensure_data()
         check_manifest(cfg.data.path, cfg.model.seq_len, cfg.data.tokenizer, vocab)
         self.train_data = open_shards(cfg.data.path, "train")
         self.val_data = open_shards(cfg.data.path, "val")
@@ -61,6 +62,19 @@ class Trainer:
         self.step = 0
         if cfg.train.resume:
             self._resume()
+
+    def _ensure_data(self) -> None:
+        """Prepare the packaged default corpus on first use; an existing directory is only checked."""
+        data = self.cfg.data
+        if not os.path.exists(data.path) and data.source:
+            if self.topo.rank == 0:
+                from dsl_scale.data.prepare import prepare
+
+                self.log(f"{data.path} does not exist: preparing it from {data.source!r}")
+                staging = f"{data.path}.partial-{os.getpid()}"
+                prepare(data.source, staging, self.cfg.model.seq_len, tokenizer=data.tokenizer, fmt=data.format)
+                os.replace(staging, data.path)
+            dist.barrier()
 
     # ----------------------------------------------------------------------------------------------
     def _resume(self) -> None:

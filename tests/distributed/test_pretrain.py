@@ -67,3 +67,14 @@ def test_losses_do_not_depend_on_launcher_or_data_parallel_size(wiki_shards, tmp
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-3)
+
+
+def test_pipeline_parallel_run_resumes_bit_exactly(wiki_shards, tmp_path):
+    common = {"parallel.pp": 2, "train.save_every": 3}
+    run("torchrun", "pretrain.py", 2, overrides(wiki_shards, tmp_path / "whole", 6, **common))
+    run("torchrun", "pretrain.py", 2, overrides(wiki_shards, tmp_path / "split", 3, **common))
+    result = run("torchrun", "pretrain.py", 2, overrides(wiki_shards, tmp_path / "split", 6, **common))
+    assert "resumed from" in result.stdout
+    whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    split = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+    assert [r["loss"] for r in split] == [r["loss"] for r in whole] and len(whole) == 6

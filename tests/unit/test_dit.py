@@ -116,3 +116,14 @@ def test_bad_shapes_are_named():
         DiTConfig(hidden=32, n_heads=3).validate()
     with pytest.raises(ValueError, match="parallel.tp=3"):
         DiTConfig(hidden=48, n_heads=4).validate(tp=3)
+
+
+def test_grad_norm_counts_every_parameter_once(process_group):
+    from dsl_scale.parallel.engine import grad_norm
+
+    torch.manual_seed(0)
+    model = randomised(DiT(CFG))
+    tokens = torch.randint(0, CFG.vocab_size, (2, 8))
+    DiT.token_nll(model(tokens), tokens).mean().backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert grad_norm(model, tp_rank=0) == pytest.approx(float(expected), rel=1e-6)
