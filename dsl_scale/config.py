@@ -46,6 +46,8 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     zero_stage: int = 0
+    # ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's default 1e5).
+    zero3_persistence_threshold: int = 100_000
 
 
 @dataclass

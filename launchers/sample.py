@@ -1,6 +1,10 @@
 """Sample from a trained checkpoint and write samples.jsonl (index, tokens, text, nfe) + settings.
 
-    python launchers/sample.py checkpoint=RUN_DIR steps=T num_samples=N seed=S out=FILE.jsonl
+    python launchers/sample.py checkpoint=RUN_DIR sampler=mdlm|remdm_cap|remdm_rescale|remdm_conf|remdm_loop \
+        steps=T num_samples=N seed=S out=FILE.jsonl
+    torchrun --nproc_per_node N launchers/sample.py ...   (the indices are split over the ranks)
+
+Running the same command again resumes: indices already written are skipped.
 """
 
 from __future__ import annotations

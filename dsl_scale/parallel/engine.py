@@ -34,7 +34,10 @@ def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
                 "torch_adam": True, "adam_w_mode": True,
             },
         },
-        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "zero_optimization": {
+            "stage": cfg.parallel.zero_stage,
+            "stage3_param_persistence_threshold": cfg.parallel.zero3_persistence_threshold,
+        },
         "bf16": {"enabled": resolved_precision(t.precision) == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,

@@ -1,4 +1,8 @@
-"""Load a checkpoint, sample in batches, write `samples.jsonl` and its settings sidecar."""
+"""Distributed sampling: every DP rank loads the model, takes its share of the sample indices not yet
+written, and appends finished batches to its part file; rank 0 merges them into `out` at the end.
+
+Which rank draws a sample does not matter: its randomness comes from (seed, index) only.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,81 @@ import json
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+from tqdm import tqdm
+
 from dsl_scale.checkpoint_io.inference import load_for_inference
 from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
-from dsl_scale.sampling.config import SampleConfig
-from dsl_scale.sampling.generate import sample_mdlm
-
-SAMPLERS = ("mdlm",)
+from dsl_scale.sampling import records
+from dsl_scale.sampling.config import SampleConfig, validate_sample_config
+from dsl_scale.sampling.denoiser import ModelDenoiser
+from dsl_scale.sampling.registry import get_sampler, sampler_names
 
 
 def run_sampling(cfg: SampleConfig) -> None:
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"sampler={cfg.sampler!r} is not one of {SAMPLERS}")
+    validate_sample_config(cfg, sampler_names())
     set_cpu_threads()
     started = time.time()
-    init_process_groups(1, 1)
+    topo = init_process_groups(1, 1)  # DP only: every rank holds the whole model
     loaded = load_for_inference(cfg.checkpoint, cfg.weights)
-    model, train_cfg, tokenizer = loaded.model, loaded.train_config, loaded.tokenizer
-    tag_dir, which = loaded.checkpoint_dir, loaded.weights
+    model, tokenizer, seq_len = loaded.model, loaded.tokenizer, loaded.train_config.model.seq_len
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    records = []
-    for first in range(0, cfg.num_samples, cfg.batch_size):
-        indices = list(range(first, min(first + cfg.batch_size, cfg.num_samples)))
-        result = sample_mdlm(model, indices, train_cfg.model.seq_len, cfg.steps, tokenizer.mask_id,
-                             cfg.seed, cfg.top_p)
-        for i, tokens, nfe in zip(indices, result.tokens.tolist(), result.nfe):
-            records.append({"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe})
-    with open(out, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
     settings = {
-        **dataclasses.asdict(cfg), "checkpoint_dir": str(tag_dir), "weights_loaded": which,
-        "seq_len": train_cfg.model.seq_len, "mean_nfe": sum(r["nfe"] for r in records) / max(len(records), 1),
-        "wall_time_s": time.time() - started,
+        **dataclasses.asdict(cfg), "checkpoint_dir": str(Path(loaded.checkpoint_dir).resolve()),
+        "weights_loaded": loaded.weights, "seq_len": seq_len, "world_size": topo.world_size,
     }
-    Path(f"{out}.settings.json").write_text(json.dumps(settings, indent=2))
-    print(f"[dsl_scale] wrote {len(records)} samples to {out} (mean NFE {settings['mean_nfe']:.1f}, "
-          f"{which} weights, {settings['wall_time_s']:.1f} s)")
-    for record in records[: cfg.print_samples]:
+    done = _agree_on_done(out, settings, topo.rank)
+    todo = [i for i in range(cfg.num_samples) if i not in done]
+    mine = todo[topo.rank :: topo.world_size]
+    if topo.rank == 0 and done:
+        print(f"[dsl_scale] resuming {out}: {len(done)} samples already written, {len(todo)} to go")
+
+    sampler = get_sampler(cfg.sampler.name)
+    denoise = ModelDenoiser(model, cfg.batch_invariant)
+    writer = records.PartWriter(out, topo.rank)
+    bar = tqdm(total=len(todo), disable=topo.rank != 0, desc=f"sampling ({topo.world_size} ranks)",
+               unit="sample", mininterval=2.0)
+    for first in range(0, len(mine), cfg.batch_size):
+        batch = mine[first : first + cfg.batch_size]
+        result = sampler(denoise, batch, seq_len, cfg.steps, tokenizer.mask_id, cfg.seed, cfg.sampler,
+                         cfg.top_p)
+        writer.write([
+            {"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe}
+            for i, tokens, nfe in zip(batch, result.tokens.tolist(), result.nfe)
+        ])
+        bar.update(len(batch) * topo.world_size)  # rank 0's pace stands for everyone's
+    bar.close()
+    dist.barrier()
+    if topo.rank == 0:
+        _finish(cfg, out, settings, started, resumed=len(done))
+
+
+def _agree_on_done(out: Path, settings: dict, rank: int) -> set[int]:
+    """Rank 0 checks and repairs what is on disk; every rank gets the same set of finished indices."""
+    payload: list = [None]
+    if rank == 0:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            records.check_resumable(out, settings)
+            payload[0] = sorted(records.collect(out, repair=True))
+            records.settings_path(out).write_text(json.dumps({**settings, "status": "running"}, indent=2))
+        except (ValueError, OSError) as err:
+            payload[0] = err
+    dist.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], Exception):
+        raise payload[0]
+    return set(payload[0])
+
+
+def _finish(cfg: SampleConfig, out: Path, settings: dict, started: float, resumed: int) -> None:
+    written = records.merge(out)
+    nfe = [r["nfe"] for r in written]
+    final = {
+        **settings, "status": "complete", "num_written": len(written), "resumed_with": resumed,
+        "mean_nfe": sum(nfe) / max(len(nfe), 1), "wall_time_s": time.time() - started,
+    }
+    records.settings_path(out).write_text(json.dumps(final, indent=2))
+    print(f"[dsl_scale] wrote {len(written)} samples to {out} ({cfg.sampler.name}, T={cfg.steps}, mean NFE "
+          f"{final['mean_nfe']:.1f}, {settings['weights_loaded']} weights, {final['wall_time_s']:.1f} s)")
+    for record in written[: cfg.print_samples]:
         print(f"--- sample {record['index']} (nfe {record['nfe']}) ---\n{record['text']}")

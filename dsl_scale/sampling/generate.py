@@ -1,7 +1,13 @@
-"""Batch MDLM ancestral sampling with per-sequence seeds and x_θ caching (SPEC §5).
+"""Batch sampling of the MDLM / ReMDM family with per-sequence state and x_θ caching (SPEC §5).
 
-Every random draw of sample i comes from a generator seeded by (seed, i), so a sample does not
-depend on the batch it was drawn in or on the number of ranks.
+Every random draw of sample i comes from a generator seeded by (seed, i) and consumed only by that
+sample, so a sample does not depend on the batch it was drawn in or on the number of ranks.
+
+A step draws from the categorical of `steps.remdm_step_probs` in two Gumbel-max stages: per position,
+stay vs leave (two outcomes); then, only where a masked position leaves, the token over the nucleus of
+x_θ. By the Gumbel-max grouping property this is the same categorical as one Gumbel-max over all V
+outcomes, but costs O(L) per step instead of O(L·V): softmax, nucleus and noise are computed only for
+the few rows that unmask.
 """
 
 from __future__ import annotations
@@ -12,65 +18,105 @@ from dataclasses import dataclass
 import torch
 
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
-from dsl_scale.sampling.steps import gumbel_max, gumbel_noise, mdlm_step_probs, top_p_filter
+from dsl_scale.sampling.config import SamplerConfig
+from dsl_scale.sampling.schedules import SCHEDULES
+from dsl_scale.sampling.steps import gumbel_max, gumbel_noise, nucleus_rows, transition_groups
 from dsl_scale.train.seeding import derive_seed
 
 SAMPLE_STREAM = 5
+Denoiser = Callable[[torch.Tensor], torch.Tensor]  # ids [b, L] → logits [b, L, V]
+Trace = Callable[[int, float, torch.Tensor], None]  # (step k, time s reached, ids [n, L])
 
 
 @dataclass
 class SampleResult:
     tokens: torch.Tensor  # [n, L]
     nfe: list[int]
+    psi: torch.Tensor  # [n, L] x_θ probability of each token when drawn; 0 where the final argmax set it
+
+
+def sample_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(derive_seed(seed, SAMPLE_STREAM, i)) for i in indices]
+
+
+def time_grid(steps: int, t_final: float = 1e-5) -> list[float]:
+    return torch.linspace(1.0, t_final, steps + 1, dtype=torch.float64).tolist()
 
 
 @torch.no_grad()
-def sample_mdlm(
-    denoise: Callable[[torch.Tensor], torch.Tensor],
+def sample(
+    denoise: Denoiser,
     indices: list[int],
     seq_len: int,
     steps: int,
     mask_id: int,
     seed: int,
+    sampler: SamplerConfig | None = None,
     top_p: float = 0.9,
     t_final: float = 1e-5,
     cache: bool = True,
+    trace: Trace | None = None,
 ) -> SampleResult:
-    """denoise(z [b, L]) → logits [b, L, V]. Returns the samples of `indices` and their NFE.
+    """Samples `indices` with the MDLM/ReMDM sampler `sampler` (default MDLM). Returns tokens and NFE.
 
     With `cache`, a sequence that a step left unchanged reuses its x_θ instead of a new forward pass.
     """
+    sampler = sampler or SamplerConfig()
+    schedule = SCHEDULES[sampler.name]
     n = len(indices)
-    generators = [torch.Generator().manual_seed(derive_seed(seed, SAMPLE_STREAM, i)) for i in indices]
+    generators = sample_generators(seed, indices)
     x = torch.full((n, seq_len), mask_id, dtype=torch.long)
-    grid = torch.linspace(1.0, t_final, steps + 1, dtype=torch.float64).tolist()
-    x_theta: torch.Tensor | None = None
+    psi = torch.zeros(n, seq_len, dtype=torch.float64)  # x_θ prob of each token when it was unmasked
+    logits: list[torch.Tensor] = [torch.empty(0)] * n  # per sequence [L, V], [MASK] suppressed
     stale = torch.ones(n, dtype=torch.bool)
     nfe = [0] * n
+    grid = time_grid(steps, t_final)
     for k in range(steps):
-        x_theta = _refresh(denoise, x, x_theta, stale, mask_id, top_p)
+        _refresh(denoise, x, logits, stale, mask_id)
         for i in stale.nonzero().flatten().tolist():
             nfe[i] += 1
-        t, s = grid[k], grid[k + 1]
+        masked = x == mask_id
         if k == steps - 1:
-            new_x = torch.where(x == mask_id, x_theta.argmax(dim=-1), x)
+            new_x = torch.where(masked, torch.stack([row.argmax(dim=-1) for row in logits]), x)
         else:
-            probs = mdlm_step_probs(x, x_theta, t, s, mask_id)
-            noise = torch.stack([gumbel_noise(tuple(probs.shape[1:]), g) for g in generators])
-            new_x = gumbel_max(probs, noise)
+            alpha_t, alpha_s, sigma = schedule(sampler, grid[k], grid[k + 1], psi, ~masked)
+            new_x = x.clone()
+            for i, generator in enumerate(generators):
+                _step_one(new_x[i], psi[i], masked[i], logits[i], alpha_t, alpha_s, sigma[i], mask_id, top_p,
+                          generator)
         stale = (new_x != x).any(dim=-1) if cache else torch.ones(n, dtype=torch.bool)
         x = new_x
-    return SampleResult(tokens=x, nfe=nfe)
+        if trace is not None:
+            trace(k, grid[k + 1], x)
+    return SampleResult(tokens=x, nfe=nfe, psi=psi)
 
 
-def _refresh(denoise, x, x_theta, stale, mask_id, top_p):
-    if not stale.any():
-        return x_theta
-    logits = denoise(x[stale]).double()
-    suppress_mask_logit_(logits, mask_id)
-    fresh = top_p_filter(torch.softmax(logits, dim=-1), top_p)
-    if x_theta is None:
-        return fresh
-    x_theta = x_theta.clone()
-    x_theta[stale] = fresh
-    return x_theta
+def sample_mdlm(denoise: Denoiser, indices: list[int], seq_len: int, steps: int, mask_id: int, seed: int,
+                top_p: float = 0.9, t_final: float = 1e-5, cache: bool = True) -> SampleResult:
+    return sample(denoise, indices, seq_len, steps, mask_id, seed, None, top_p, t_final, cache)
+
+
+def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, generator) -> None:
+    """One sequence's step, in place on x [L] and psi [L]. Noise: 2 per position, then one per
+    nucleus id of each position that unmasks, in position order."""
+    stay, leave = transition_groups(masked, alpha_t, alpha_s, sigma)
+    moves = gumbel_max(torch.stack([stay, leave], dim=-1), gumbel_noise((x.shape[0], 2), generator)) == 1
+    remask = moves & ~masked
+    x[remask] = mask_id
+    psi[remask] = 0.0
+    unmask = (moves & masked).nonzero().flatten()
+    if len(unmask) == 0:
+        return
+    for (ids, probs), pos in zip(nucleus_rows(logits[unmask], top_p), unmask.tolist()):
+        pick = gumbel_max(probs, gumbel_noise((len(ids),), generator))
+        x[pos] = ids[pick]
+        psi[pos] = probs[pick]
+
+
+def _refresh(denoise: Denoiser, x: torch.Tensor, logits: list[torch.Tensor], stale: torch.Tensor,
+             mask_id: int) -> None:
+    rows = stale.nonzero().flatten().tolist()
+    if rows:
+        fresh = suppress_mask_logit_(denoise(x[rows]).float(), mask_id)
+        for j, i in enumerate(rows):
+            logits[i] = fresh[j]

@@ -1,7 +1,8 @@
 """Sampler step rules as pure functions of tensors (SPEC §5). Probabilities in fp64.
 
-Each rule returns the per-position categorical over V + 1 outcomes: the V token ids, where the
-[MASK] id column means "(stay or become) masked". Draws are Gumbel-max in fp64.
+A step's categorical, per position, has V outcomes: the token ids, where the [MASK] id means
+"(stay or become) masked". `remdm_step_probs` writes it out densely (the reference definition);
+samplers draw from it in two stages that give exactly the same distribution (`transition_groups`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,80 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def mdlm_step_probs(x: torch.Tensor, x_theta: torch.Tensor, t: float, s: float, mask_id: int) -> torch.Tensor:
-    """MDLM ancestral step from time t to s < t with α = 1 − t.
-
-    x: [..., L] current ids; x_theta: [..., L, V] clean-token distribution (mask column ignored).
-    Masked positions: v with x_θ[v]·(α_s − α_t)/(1 − α_t), [MASK] with (1 − α_s)/(1 − α_t).
-    Unmasked positions: their own id with probability 1.
+def nucleus_rows(logits: torch.Tensor, top_p: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Compact x_θ nuclei of logit rows [k, V] ([MASK] already suppressed): per row (ids, probs fp64),
+    ids by descending probability (when top_p < 1). The same distribution as top_p_filter(softmax(logits)), but sorting
+    only a candidate prefix: ids are binned by logit gap to the row's best (bins are monotone
+    in probability, so each bin set is a prefix of the sorted order) and the first bins whose mass
+    reaches top_p are sorted. If rounding makes that prefix fall short, the whole row is sorted.
     """
-    alpha_t, alpha_s = 1.0 - t, 1.0 - s
-    probs = x_theta.double().clone()
-    probs[..., mask_id] = 0.0
-    probs = probs / probs.sum(dim=-1, keepdim=True) * ((alpha_s - alpha_t) / (1 - alpha_t))
-    probs[..., mask_id] = (1 - alpha_s) / (1 - alpha_t)
-    carried = torch.zeros_like(probs).scatter_(-1, x[..., None], 1.0)
-    return torch.where((x == mask_id)[..., None], probs, carried)
+    probs = torch.softmax(logits.double(), dim=-1)
+    if top_p >= 1.0:
+        return [(row.nonzero().flatten(), row[row > 0]) for row in probs]
+    rows = []
+    for logit_row, row in zip(logits.float(), probs):
+        bins = ((logit_row.max() - logit_row) * _BINS_PER_NAT).clamp(max=_N_BINS - 1).long()
+        mass = torch.bincount(bins, weights=row, minlength=_N_BINS).cumsum(dim=0)
+        last = int(torch.searchsorted(mass, torch.tensor([top_p], dtype=torch.float64)).clamp(max=_N_BINS - 1))
+        candidates = (bins <= last).nonzero().flatten()
+        v, order = row[candidates].sort(descending=True)
+        i = candidates[order]
+        if v.sum() < top_p:
+            v, i = row.sort(descending=True)
+        kept = (v.cumsum(dim=-1) - v) < top_p
+        rows.append((i[kept], v[kept] / v[kept].sum()))
+    return rows
+
+
+_BINS_PER_NAT = 4
+_N_BINS = 256
+
+
+def sigma_max(alpha_t: float, alpha_s: float) -> float:
+    """Largest remasking probability that keeps the ReMDM step a distribution: min(1, (1 − α_s)/α_t)."""
+    return 1.0 if alpha_t <= 0 else min(1.0, (1.0 - alpha_s) / alpha_t)
+
+
+def transition_groups(
+    masked: torch.Tensor, alpha_t: float, alpha_s: float, sigma: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(stay), P(leave)) per position [..., L] for a ReMDM step t → s with remasking σ (σ = 0: MDLM).
+
+    Unmasked: stay 1 − σ, leave (to [MASK]) σ. Masked: stay (1 − α_s − σα_t)/(1 − α_t), leave (to a
+    token drawn from x_θ) (α_s − (1 − σ)α_t)/(1 − α_t). Both written as in SPEC §5, not as 1 − other.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(masked.shape)
+    unmask_stay = ((1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
+    unmask_leave = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
+    stay = torch.where(masked, unmask_stay, 1 - sigma)
+    leave = torch.where(masked, unmask_leave, sigma)
+    return stay, leave
+
+
+def remdm_step_probs(
+    x: torch.Tensor, x_theta: torch.Tensor, alpha_t: float, alpha_s: float, sigma: torch.Tensor | float,
+    mask_id: int,
+) -> torch.Tensor:
+    """The full categorical [..., L, V] of a ReMDM step (σ per position or scalar; σ = 0 is MDLM).
+
+    x: [..., L] current ids; x_theta: [..., L, V] clean-token distribution (its [MASK] column is ignored).
+    """
+    masked = x == mask_id
+    stay, leave = transition_groups(masked, alpha_t, alpha_s, sigma)
+    tokens = x_theta.double().clone()
+    tokens[..., mask_id] = 0.0
+    tokens = tokens / tokens.sum(dim=-1, keepdim=True)
+    from_masked = tokens * leave[..., None]
+    from_masked[..., mask_id] = stay
+    own = torch.zeros_like(tokens).scatter_(-1, x[..., None], stay[..., None])
+    own[..., mask_id] = leave
+    return torch.where(masked[..., None], from_masked, own)
+
+
+def mdlm_step_probs(x: torch.Tensor, x_theta: torch.Tensor, t: float, s: float, mask_id: int) -> torch.Tensor:
+    """MDLM ancestral step from time t to s < t with α = 1 − t: masked positions → v with
+    x_θ[v]·(α_s − α_t)/(1 − α_t), [MASK] with (1 − α_s)/(1 − α_t); unmasked positions are copied."""
+    return remdm_step_probs(x, x_theta, 1.0 - t, 1.0 - s, 0.0, mask_id)
 
 
 def gumbel_max(probs: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:

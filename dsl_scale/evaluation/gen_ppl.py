@@ -1,0 +1,72 @@
+"""Generative perplexity (SPEC §6): samples re-tokenised for the scorer when vocabularies differ, cut
+after their first EOS, scored in chunks of the scorer's context, exp(mean NLL over scored tokens)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from dsl_scale.evaluation import ranks
+from dsl_scale.evaluation.scorers import Scorer
+from dsl_scale.tokenizer import Tokenizer
+
+
+def cut_at_first_eos(tokens: list[int], eos_id: int, bos_id: int) -> tuple[list[int], bool]:
+    """Leading BOS ids are the block's framing, not an end of text: drop them, then keep everything up to
+    and including the first EOS. Returns (tokens, whether an EOS was found)."""
+    start = 0
+    while start < len(tokens) and tokens[start] == bos_id:
+        start += 1
+    body = tokens[start:]
+    if eos_id in body:
+        return body[: body.index(eos_id) + 1], True
+    return body, False
+
+
+def scorer_ids(tokens: list[int], tokenizer: Tokenizer, scorer: Scorer) -> list[int]:
+    """One sample as the ids the scorer predicts (its BOS not included)."""
+    body, ended = cut_at_first_eos(tokens, tokenizer.eos_id, tokenizer.bos_id)
+    if scorer.same_vocab:
+        return body
+    text = tokenizer.decode(body[:-1] if ended else body)
+    return scorer.encode(text) + ([scorer.eos_id] if ended else [])
+
+
+def chunks(ids: list[int], context: int, bos_id: int) -> list[list[int]]:
+    """[BOS] + up to context − 1 ids per chunk; every id of `ids` is predicted exactly once."""
+    step = context - 1
+    return [[bos_id, *ids[i:i + step]] for i in range(0, len(ids), step)]
+
+
+@torch.inference_mode()
+def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[float, int]:
+    """Summed NLL of every id after each chunk's BOS, and how many ids that was."""
+    width = max(len(c) for c in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for j, c in enumerate(batch):
+        ids[j, :len(c)], mask[j, :len(c)] = torch.tensor(c), 1
+    logits = scorer.logits(ids, mask)[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    scored = mask[:, 1:].bool()
+    return float(nll[scored].double().sum()), int(scored.sum())
+
+
+def generative_perplexity(samples: list[list[int]], tokenizer: Tokenizer, scorer: Scorer,
+                          batch_size: int = 8) -> dict[str, Any]:
+    """Token-weighted mean NLL over all samples; each rank scores its slice of the samples."""
+    mine = [c for i in ranks.my_slice(len(samples))
+            for c in chunks(scorer_ids(samples[i], tokenizer, scorer), scorer.context, scorer.bos_id)]
+    total, count = 0.0, 0
+    for start in range(0, len(mine), batch_size):
+        nll, n = chunk_nll(scorer, mine[start:start + batch_size])
+        total, count = total + nll, count + n
+    parts = ranks.gather((total, count))
+    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if count == 0:
+        raise ValueError("no tokens to score: every sample is empty after cutting at its first EOS")
+    mean = total / count
+    return {"gen_ppl": math.exp(mean), "mean_nll": mean, "scored_tokens": count, "count": len(samples),
+            "scorer": scorer.identity()}

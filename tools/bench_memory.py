@@ -1,0 +1,157 @@
+"""Per-rank bytes of parameters, gradients and optimizer state, measured from live DeepSpeed engines,
+beside the ZeRO / tensor-parallel theory.
+
+    python tools/bench_memory.py [--model micro] [--json]
+
+Each layout runs as its own `torchrun` job (one training step on random tokens, fp32, AdamW). Theory for
+Ψ parameters on a rank after tensor/pipeline splitting, DP size N: parameters 4Ψ (ZeRO-3: 4Ψ/N),
+gradients 4Ψ (ZeRO-2/3: 4Ψ/N), optimizer 8Ψ for Adam's moments (ZeRO-1+: 12Ψ/N, the moments plus the
+fp32 partition DeepSpeed optimises). ZeRO-3 is measured with a persistence threshold of 0, so every
+parameter is partitioned. Buffers for communication buckets are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+LAYOUTS = [  # (name, ranks, tp, zero)
+    ("dp2-zero0", 2, 1, 0), ("dp2-zero1", 2, 1, 1), ("dp2-zero2", 2, 1, 2), ("dp2-zero3", 2, 1, 3),
+    ("tp2-zero0", 2, 2, 0),
+]
+
+
+def _storage_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None or t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _local(param):
+    return getattr(param, "ds_tensor", param)
+
+
+def measure(engine, zero: int) -> dict[str, int]:
+    """Called after backward (gradients present), before the optimizer step."""
+    params = list(engine.module.parameters())
+    opt = engine.optimizer
+    grads = [p.grad for p in params]
+    if zero in (1, 2):
+        grads += list(getattr(opt, "averaged_gradients", {}).values())
+        grads = [g for group in grads for g in (group if isinstance(group, list) else [group])]
+        grads.append(getattr(opt, "grads_in_partition", None))
+        grads += [master.grad for master in opt.single_partition_of_fp32_groups]  # ZeRO-2 accumulates here
+    if zero == 3:
+        grads.append(opt.grad_partitions_flat_buffer)
+    return {"params": _storage_bytes(_local(p) for p in params), "grads": _storage_bytes(grads)}
+
+
+def measure_optimizer(engine, zero: int) -> int:
+    opt = engine.optimizer
+    basic = opt if zero == 0 else opt.optimizer
+    state = [t for s in basic.state.values() for t in s.values() if hasattr(t, "numel") and t.dim() > 0]
+    master = []
+    if zero in (1, 2):
+        master = list(opt.single_partition_of_fp32_groups)
+    elif zero == 3:
+        master = list(opt.fp32_partitioned_groups_flat)
+    return _storage_bytes(state + master)
+
+
+def theory(local_params: int, dp: int, zero: int) -> dict[str, int]:
+    return {
+        "params": 4 * local_params // (dp if zero == 3 else 1),
+        "grads": 4 * local_params // (dp if zero >= 2 else 1),
+        "optimizer": 8 * local_params if zero == 0 else 12 * local_params // dp,
+    }
+
+
+def worker(model: str, tp: int, zero: int) -> None:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from dsl_scale.config import register_configs, to_config
+    from dsl_scale.launch import CONFIG_DIR
+    from dsl_scale.model.factory import build_dit
+    from dsl_scale.parallel import cpu_compat
+    from dsl_scale.parallel.engine import build_engine
+    from dsl_scale.parallel.topology import init_process_groups, prepare_environment
+
+    prepare_environment()
+    register_configs()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = to_config(compose("config", overrides=[
+            f"model={model}", f"parallel.tp={tp}", f"parallel.zero_stage={zero}", "train.precision=fp32",
+            "parallel.zero3_persistence_threshold=0", "train.micro_batch=1", f"train.global_batch={2 * (2 // tp)}",
+        ]))
+    cpu_compat.install()
+    topo = init_process_groups(tp, 1)
+    model_ = build_dit(cfg.model, 50258, seed=0, tp=tp)
+    local_params = sum(p.numel() for p in model_.parameters())
+    engine = build_engine(model_, cfg, topo)
+    measured = {}
+    for _ in range(engine.gradient_accumulation_steps()):
+        tokens = torch.randint(0, 50257, (cfg.train.micro_batch, cfg.model.seq_len))
+        engine.backward(type(model_).token_nll(engine(tokens), tokens).mean())
+        # the larger of mid-accumulation and boundary holdings (ZeRO-1 keeps full gradients between
+        # micro-batches, ZeRO-2 its reduced partition)
+        now = measure(engine, zero)
+        measured = {k: max(v, measured.get(k, 0)) for k, v in now.items()}
+        engine.step()
+    measured["optimizer"] = measure_optimizer(engine, zero)
+    if topo.rank == 0:
+        print("ROW " + json.dumps({"measured": measured, "theory": theory(local_params, topo.dp, zero)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="micro")
+    parser.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    parser.add_argument("--worker", nargs=2, type=int, metavar=("TP", "ZERO"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.model, *args.worker)
+        return
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    rows = []
+    print(f"model={args.model}, fp32, AdamW; bytes per rank (rank 0), gradient peak over a 2-micro-batch step")
+    print(f"{'layout':<12} {'component':<10} {'measured':>14} {'theory':>14} {'ratio':>7}")
+    for name, ranks, tp, zero in LAYOUTS:
+        from dsl_scale.parallel.topology import free_port
+
+        out = subprocess.run(
+            [torchrun, "--nproc_per_node", str(ranks), "--master_port", str(free_port()), __file__,
+             "--model", args.model, "--worker", str(tp), str(zero)],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        found = [line for line in out.stdout.splitlines() if line.startswith("ROW ")]
+        if out.returncode or not found:
+            raise SystemExit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        row = json.loads(found[0][4:])
+        for part in ("params", "grads", "optimizer"):
+            m, t = row["measured"][part], row["theory"][part]
+            print(f"{name:<12} {part:<10} {m:>14,} {t:>14,} {m / t:>7.3f}")
+        measured, expected = sum(row["measured"].values()), sum(row["theory"].values())
+        print(f"{name:<12} {'total':<10} {measured:>14,} {expected:>14,} {measured / expected:>7.3f}")
+        rows.append({"layout": name, "model": args.model, "measured": measured, "theory": expected,
+                     "ratio": measured / expected, "components": row})
+    if args.json:
+        print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
