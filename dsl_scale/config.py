@@ -30,6 +30,22 @@ class ModelConfig:
 class ObjectiveConfig:
     name: str = "mdlm"
     eps: float = 1e-3
+    # DSL (configs/objective/dsl.yaml explains each); ignored by mdlm and ar.
+    key_dim: int = 48
+    key_seed: int = 0
+    beta_init: float = 1.0
+    mdlm_fraction: float = 0.0
+    p_roar: float = 0.1
+    s_max: float = 100.0
+    roar_clean_low: float = 0.8
+    roar_masked_high: float = 1.0
+    lognormal_mean: float = 1.69
+    lognormal_std: float = 0.9
+    s_clamp: float = 40.0
+    bound_s_star: float = 100.0
+    bound_s_min: float = 1e-3
+    bound_points: int = 64
+    bound_samples: int = 1
 
 
 @dataclass
@@ -91,7 +107,7 @@ class Config:
     init_from: str | None = None
 
 
-OBJECTIVES = ("mdlm", "ar")
+OBJECTIVES = ("mdlm", "ar", "dsl")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -103,6 +119,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     """Cross-field checks, each naming the keys involved. Raises ValueError."""
     if cfg.objective.name not in OBJECTIVES:
         raise ValueError(f"objective.name={cfg.objective.name!r} is not one of {OBJECTIVES}")
+    if cfg.objective.name == "dsl":
+        from dsl_scale.diffusion.dsl import SNRSchedule
+
+        SNRSchedule.from_config(cfg.objective).validate()
     if cfg.train.precision not in PRECISIONS:
         raise ValueError(f"train.precision={cfg.train.precision!r} is not one of {PRECISIONS}")
     if cfg.parallel.zero_stage not in (0, 1, 2, 3):

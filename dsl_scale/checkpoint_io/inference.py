@@ -30,7 +30,8 @@ def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedM
     train_cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
     tokenizer = get_tokenizer(train_cfg.data.tokenizer)
     model = build_dit(train_cfg.model, tokenizer.vocab_size, train_cfg.train.seed,
-                      causal=train_cfg.objective.name == "ar")
+                      causal=train_cfg.objective.name == "ar", objective=train_cfg.objective,
+                      mask_id=tokenizer.mask_id)
     state, which = load_model_weights(tag_dir, weights)
     model.load_state_dict(state, strict=True)
     return LoadedModel(model.eval(), train_cfg, tokenizer, tag_dir, which)

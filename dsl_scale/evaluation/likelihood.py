@@ -22,12 +22,13 @@ BoundFn = Callable[..., torch.Tensor]  # (tokens [b, L], example positions [b], 
 
 def _objective_bound(name: str) -> Callable[[Any, int, int], BoundFn]:
     def make(loaded, mask_id: int, seed: int) -> BoundFn:
-        objective = build_objective(name, mask_id, loaded.train_config.objective.eps, seed)
+        objective = build_objective(loaded.train_config.objective, mask_id, loaded.model.cfg.vocab_size, seed)
         model = loaded.model
 
         def bound(tokens: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
             batch = objective.prepare(tokens, positions, 0, n, seeding.EVAL_STREAM)
-            return objective.loss(model(batch.inputs, batch.sigma), batch, type(model).token_nll, 0)
+            logits = model(batch.inputs, batch.sigma, **batch.model_kwargs)
+            return objective.loss(logits, batch, type(model).token_nll, 0)
         return bound
     return make
 

@@ -59,8 +59,9 @@ class Converter(nn.Module):
         for param in (self.token_weight, self.token_bias):
             set_tensor_model_parallel_attributes(param, is_parallel=True, dim=0, stride=1)
         self.mask_weight = nn.Parameter(torch.zeros(hidden))
-        self.mask_bias = nn.Parameter(torch.tensor(math.log(vocab_size)))
-        self.beta = nn.Parameter(torch.tensor(float(beta_init)))
+        # shape [1], not scalars: DeepSpeed's flattening cannot handle 0-dim parameters
+        self.mask_bias = nn.Parameter(torch.tensor([math.log(vocab_size)]))
+        self.beta = nn.Parameter(torch.tensor([float(beta_init)]))
         self.out_bias = nn.Parameter(torch.zeros(hidden))
 
     def _apply(self, fn, recurse=True):

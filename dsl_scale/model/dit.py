@@ -22,6 +22,7 @@ from megatron.core.tensor_parallel.utils import VocabUtility
 from torch import nn
 
 from dsl_scale.model.blocks import DiTBlock, FinalLayer
+from dsl_scale.model.converter import Converter, mix_inputs
 from dsl_scale.model.layers import NoiseEmbedder, Rotary
 
 
@@ -37,6 +38,11 @@ class DiTConfig:
     causal: bool = False
     time_conditioning: bool = False
     recompute: bool = False
+    # DSL's converter (model/converter.py) from localization observations z; 0 = no converter.
+    converter_key_dim: int = 0
+    converter_key_seed: int = 0
+    converter_beta_init: float = 1.0
+    mask_id: int = 50257
 
     def validate(self, tp: int = 1, pp: int = 1) -> None:
         if self.hidden % self.n_heads:
@@ -78,6 +84,10 @@ class DiT(nn.Module):
                 cfg.vocab_size, cfg.hidden, init_method=default_embedding_init, config=mp_config
             )
             self.sigma_map = NoiseEmbedder(cfg.cond_dim)
+            if cfg.converter_key_dim:
+                self.converter = Converter(cfg.vocab_size, cfg.hidden, cfg.converter_key_dim,
+                                           cfg.converter_key_seed, cfg.converter_beta_init)
+                self.init_converter()
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
         self.blocks = nn.ModuleDict(
             {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
@@ -94,13 +104,19 @@ class DiT(nn.Module):
         rank = parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0
         return tuple(VocabUtility.vocab_range_from_global_vocab_size(self.cfg.vocab_size, rank, tp))
 
+    def init_converter(self) -> None:
+        """The converter's W from the token embedding and its [MASK] row (collective over the TP group)."""
+        self.converter.init_from_embedding(self.vocab_embed.weight.detach(), self.cfg.mask_id)
+
     def set_input_tensor(self, tensor) -> None:
         """Activations received from the previous pipeline stage (megatron's schedule calls this)."""
         self.input_tensor = tensor[0] if isinstance(tensor, (list, tuple)) else tensor
 
-    def embed(self, tokens: torch.Tensor | None, sigma: torch.Tensor | None,
-              input_embeds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if input_embeds is None:
+    def embed(self, tokens: torch.Tensor | None, sigma: torch.Tensor | None, input_embeds: torch.Tensor | None,
+              z: torch.Tensor | None, discrete: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_embeds is None and z is not None:
+            input_embeds = mix_inputs(self.converter, self.vocab_embed, tokens, z, discrete)
+        elif input_embeds is None:
             input_embeds = self.vocab_embed(tokens)
         batch = input_embeds.shape[0]
         if sigma is None or not self.cfg.time_conditioning:
@@ -109,12 +125,15 @@ class DiT(nn.Module):
         return input_embeds.transpose(0, 1), cond  # [s, b, H], [b, C]
 
     def forward(self, tokens: torch.Tensor | None = None, sigma: torch.Tensor | None = None,
-                input_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [b, s] ids (or `input_embeds` [b, s, H] in place of their embedding, e.g. from DSL's
-        converter) → vocab-parallel logits [b, s, V / tp] on the last stage, else the stage tensor
-        [s + 1, b, H]. σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s."""
+                input_embeds: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                discrete: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [b, s] ids → vocab-parallel logits [b, s, V / tp] on the last stage, else the stage
+        tensor [s + 1, b, H]. Instead of the embedding of `tokens`: `input_embeds` [b, s, H], or DSL's
+        localization observations `z` [b, s, d] through the converter, except where `discrete` [b, s]
+        is set (those positions embed `tokens`: exact [MASK] or clean tokens, as the discrete samplers
+        feed them). σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s."""
         if self.pre_process:
-            x, cond = self.embed(tokens, sigma, input_embeds)
+            x, cond = self.embed(tokens, sigma, input_embeds, z, discrete)
         else:
             x, cond = self.input_tensor[:-1], self.input_tensor[-1, :, : self.cfg.cond_dim]
         cos, sin = self.rotary_emb.cos_sin(x.shape[0])

@@ -5,12 +5,18 @@ from __future__ import annotations
 import torch
 from megatron.core.transformer import TransformerConfig
 
-from dsl_scale.config import ModelConfig
+from dsl_scale.config import ModelConfig, ObjectiveConfig
 from dsl_scale.model.dit import DiT, DiTConfig
 
 
-def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False) -> DiTConfig:
+def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
+               objective: ObjectiveConfig | None = None, mask_id: int | None = None) -> DiTConfig:
+    dsl = objective is not None and objective.name == "dsl"
     return DiTConfig(
+        converter_key_dim=objective.key_dim if dsl else 0,
+        converter_key_seed=objective.key_seed if dsl else 0,
+        converter_beta_init=objective.beta_init if dsl else 1.0,
+        mask_id=mask_id if mask_id is not None else vocab_size - 1,
         vocab_size=vocab_size, hidden=model.hidden, n_blocks=model.n_blocks, n_heads=model.n_heads,
         cond_dim=model.cond_dim, mlp_ratio=model.mlp_ratio, dropout=model.dropout, causal=causal,
         time_conditioning=model.time_conditioning, recompute=model.recompute,
@@ -18,10 +24,11 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False) -> DiT
 
 
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
-              pp: int = 1, stage: int = 0) -> DiT:
+              pp: int = 1, stage: int = 0, objective: ObjectiveConfig | None = None,
+              mask_id: int | None = None) -> DiT:
     """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
     order from the same seed and keeps its own part, so a layout never changes the initial weights."""
-    cfg = dit_config(model, vocab_size, causal)
+    cfg = dit_config(model, vocab_size, causal, objective, mask_id)
     # TransformerConfig rather than its base ModelParallelConfig: megatron's pipeline schedules read
     # transformer fields (hidden_size for the p2p buffers, among others).
     mp_config = TransformerConfig(

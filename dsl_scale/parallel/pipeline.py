@@ -40,7 +40,10 @@ def run_schedule(module: torch.nn.Module, micro_batches: list[Prepared], loss_fn
 
     def forward_step(data_iterator, stage):
         batch = next(data_iterator)
-        output = module(batch.inputs if module.pre_process else None, batch.sigma)
+        if module.pre_process:
+            output = module(batch.inputs, batch.sigma, **batch.model_kwargs)
+        else:
+            output = module(None, batch.sigma)
         return output, partial(loss_of, batch)
 
     def loss_of(batch, logits):

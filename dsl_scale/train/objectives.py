@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsl_scale.diffusion import mdlm
+from dsl_scale.diffusion import dsl, mdlm
 from dsl_scale.diffusion.schedules import antithetic_times, log_linear_sigma
 from dsl_scale.train import seeding
 
@@ -19,6 +19,7 @@ class Prepared:
     targets: torch.Tensor  # [b, s]
     sigma: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    model_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra model inputs (DSL's z)
 
 
 class MDLMObjective:
@@ -60,9 +61,34 @@ class AutoregressiveObjective:
         return nll_fn(logits, batch.targets).mean()
 
 
-def build_objective(name: str, mask_id: int, eps: float, seed: int):
-    if name == "mdlm":
-        return MDLMObjective(mask_id, eps, seed)
-    if name == "ar":
+class DSLObjective:
+    """DSL (SPEC §4): per-sequence SNRs, z = s·K_x + √s·ε, unweighted cross-entropy over all positions."""
+
+    def __init__(self, objective, mask_id: int, vocab_size: int, seed: int):
+        self.schedule = dsl.SNRSchedule.from_config(objective)
+        self.schedule.validate()
+        self.keys = dsl.token_keys(vocab_size, objective.key_dim, objective.key_seed)  # == converter.keys
+        self.mask_id = mask_id
+        self.seed = seed
+
+    def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
+                stream: int) -> Prepared:
+        generators = [seeding.generator(self.seed, stream, key, int(p)) for p in positions]
+        c = dsl.corrupt(tokens, self.keys, self.schedule, self.mask_id, generators)
+        return Prepared(c.ids, tokens, None, {"snr": c.snr}, {"z": c.z, "discrete": c.discrete})
+
+    def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
+        mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
+        return dsl.dsl_loss(nll_fn(logits, batch.targets))
+
+
+def build_objective(objective, mask_id: int, vocab_size: int, seed: int):
+    """The objective named by `objective.name` (an ObjectiveConfig)."""
+    if objective.name == "mdlm":
+        return MDLMObjective(mask_id, objective.eps, seed)
+    if objective.name == "ar":
         return AutoregressiveObjective(mask_id)
+    if objective.name == "dsl":
+        return DSLObjective(objective, mask_id, vocab_size, seed)
+    name = objective.name
     raise ValueError(f"unknown objective {name!r}")

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 
+from dsl_scale.checkpoint_io.init_from import load_full_weights, load_into
 from dsl_scale.config import Config, validate
 from dsl_scale.data.loader import GlobalBatches, check_manifest, open_shards
 from dsl_scale.model.factory import build_dit
@@ -48,16 +49,18 @@ class Trainer:
         self.train_data = open_shards(cfg.data.path, "train")
         self.val_data = open_shards(cfg.data.path, "val")
 
+        self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
-                          tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank)
+                          tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
+                          mask_id=self.tokenizer.mask_id)
+        if cfg.init_from and not (cfg.train.resume and checkpoint.read_latest(self.ckpt_root)):
+            self._init_from(model)
         self.nll_fn = type(model).token_nll
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()
         self.engine = build_engine(model, cfg, self.topo)
         self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
         self.ema_sharded = cfg.parallel.zero_stage == 3
-        self.objective = build_objective(cfg.objective.name, self.tokenizer.mask_id, cfg.objective.eps,
-                                         cfg.train.seed)
         self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
         self.step = 0
         if cfg.train.resume:
@@ -75,6 +78,25 @@ class Trainer:
                 prepare(data.source, staging, self.cfg.model.seq_len, tokenizer=data.tokenizer, fmt=data.format)
                 os.replace(staging, data.path)
             dist.barrier()
+
+    def _init_from(self, model) -> None:
+        """Fine-tuning: weights from another run (fresh optimizer); parameters it lacks keep their
+        initialisation, and the DSL converter is rebuilt from the loaded embedding."""
+        full = load_full_weights(self.cfg.init_from)
+        missing = load_into(model, full, self.topo.tp_rank)
+        converter_new = any(name.startswith("converter.") for name in missing)
+        if converter_new:
+            model.init_converter()
+        elif hasattr(model, "converter") and not torch.equal(model.converter.keys, self.objective.keys):
+            raise ValueError(f"{self.cfg.init_from}: its DSL keys differ from objective.key_dim/key_seed")
+        unexpected = [m for m in missing if not m.startswith("converter.")]
+        if unexpected:
+            raise KeyError(f"{self.cfg.init_from} lacks model tensors: {unexpected[:8]}")
+        counts = torch.tensor([sum(p.numel() for n, p in model.named_parameters() if n in missing
+                                   and (self.topo.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)))])
+        dist.all_reduce(counts, group=ps.get_model_parallel_group())
+        self.log(f"initialised from {self.cfg.init_from}; new parameters: {int(counts)} "
+                 f"({', '.join(sorted({n for n in missing if n in dict(model.named_parameters())})) or 'none'})")
 
     # ----------------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -107,7 +129,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def _forward_loss(self, batch: Prepared) -> torch.Tensor:
-        logits = self.engine(batch.inputs, batch.sigma)
+        logits = self.engine(batch.inputs, batch.sigma, **batch.model_kwargs)
         return self.objective.loss(logits, batch, self.nll_fn, self.vocab_start)
 
     def _micro_batches(self, tokens: torch.Tensor, first_position: int, key: int, batch_size: int,

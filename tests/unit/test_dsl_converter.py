@@ -99,7 +99,7 @@ def test_output_is_the_probability_weighted_rows_plus_bias_and_gradients_reach_e
     h = conv(z)
     # the textbook form: softmax over [K; 0] with logits β·z·Kextᵀ + b, then W·p + c
     k_ext = torch.cat([conv.keys, torch.zeros(1, 5)])
-    b_ext = torch.cat([conv.token_bias, conv.mask_bias[None]])
+    b_ext = torch.cat([conv.token_bias, conv.mask_bias])
     w_ext = torch.cat([conv.token_weight, conv.mask_weight[None]])
     p = torch.softmax(conv.beta * z @ k_ext.T + b_ext, -1)
     torch.testing.assert_close(h, p @ w_ext + conv.out_bias)
