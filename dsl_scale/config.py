@@ -62,6 +62,9 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     zero_stage: int = 0
+    # Megatron sequence parallelism: outside attention/MLP, activations are split along the sequence
+    # over the TP group (needs tp > 1; pp = 1 for now).
+    sequence_parallel: bool = False
     # ZeRO-3 keeps parameters smaller than this whole on every rank (DeepSpeed's default 1e5).
     zero3_persistence_threshold: int = 100_000
 
@@ -141,6 +144,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             "and gather parameters inside DeepSpeed's own backward/forward, which a pipeline schedule bypasses "
             "(DeepSpeed's pipeline engine refuses them too); use ZeRO-0 or ZeRO-1 with pipeline parallelism"
         )
+    if cfg.parallel.sequence_parallel and (cfg.parallel.tp < 2 or cfg.parallel.pp > 1):
+        raise ValueError("parallel.sequence_parallel=true needs parallel.tp > 1 and (for now) parallel.pp=1")
+    if cfg.parallel.sequence_parallel and cfg.model.seq_len % cfg.parallel.tp:
+        raise ValueError(f"model.seq_len={cfg.model.seq_len} is not divisible by parallel.tp={cfg.parallel.tp} "
+                         "(sequence parallelism splits the sequence)")
     dp = world_size // model_parallel
     if cfg.train.global_batch % (cfg.train.micro_batch * dp):
         raise ValueError(

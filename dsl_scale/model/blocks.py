@@ -6,6 +6,7 @@ with its output rows grouped per head as (q, k, v), so a tensor-parallel shard h
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -64,13 +65,15 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * hidden)
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
+        if mp_config.sequence_parallel:  # these see only this rank's part of the sequence
+            mark_sequence_parallel(self.norm1, self.norm2, self.adaLN_modulation)
 
     def _residual(self, branch: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return skip + gate * F.dropout(branch, p=self.dropout, training=self.training)
 
     def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        seq, batch, _ = x.shape
-        qkv, _ = self.attn_qkv(x)
+        qkv, _ = self.attn_qkv(x)  # the whole sequence, also when x is a sequence-parallel shard
+        seq, batch, _ = qkv.shape
         qkv = qkv.view(seq, batch, self.local_heads, 3, self.head_dim)
         q, k, v = qkv.unbind(dim=3)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -98,14 +101,24 @@ class DiTBlock(nn.Module):
         return x
 
 
+def mark_sequence_parallel(*modules: nn.Module) -> None:
+    """Replicated parameters applied to a sequence shard: their gradients are partial sums over the TP
+    group (parallel/engine.py adds them up), as megatron marks its LayerNorms."""
+    for module in modules:
+        for param in module.parameters():
+            param.sequence_parallel = True
+
+
 class FinalLayer(nn.Module):
-    """adaLN → LayerNorm → column-parallel Linear(H, V) with bias, zero-initialised (vocab-parallel logits)."""
+    """adaLN → LayerNorm → column-parallel Linear(H, V) with bias, zero-initialised (vocab-parallel logits).
+    Under sequence parallelism the DiT gathers the sequence before this layer."""
 
     def __init__(self, hidden: int, vocab_size: int, cond_dim: int, mp_config: ModelParallelConfig):
         super().__init__()
         self.norm_final = LayerNormNoBias(hidden)
         self.linear = ColumnParallelLinear(
-            hidden, vocab_size, config=mp_config, init_method=zeros_init, bias=True, gather_output=False,
+            hidden, vocab_size, config=dataclasses.replace(mp_config, sequence_parallel=False),
+            init_method=zeros_init, bias=True, gather_output=False,
         )
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * hidden)
         nn.init.zeros_(self.adaLN_modulation.weight)

@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from megatron.core import ModelParallelConfig, parallel_state
-from megatron.core.tensor_parallel import VocabParallelEmbedding, vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel import (
+    VocabParallelEmbedding,
+    copy_to_tensor_model_parallel_region,
+    gather_from_sequence_parallel_region,
+    scatter_to_sequence_parallel_region,
+    vocab_parallel_cross_entropy,
+)
 from megatron.core.tensor_parallel.utils import VocabUtility
 from torch import nn
 
@@ -132,18 +138,27 @@ class DiT(nn.Module):
         localization observations `z` [b, s, d] through the converter, except where `discrete` [b, s]
         is set (those positions embed `tokens`: exact [MASK] or clean tokens, as the discrete samplers
         feed them). σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s."""
+        sequence_parallel = self.config.sequence_parallel
         if self.pre_process:
             x, cond = self.embed(tokens, sigma, input_embeds, z, discrete)
+            if sequence_parallel:
+                x = scatter_to_sequence_parallel_region(x)
         else:
             x, cond = self.input_tensor[:-1], self.input_tensor[-1, :, : self.cfg.cond_dim]
-        cos, sin = self.rotary_emb.cos_sin(x.shape[0])
+        cos, sin = self.rotary_emb.cos_sin(x.shape[0] * (self.config.tensor_model_parallel_size
+                                                          if sequence_parallel else 1))
+        final_cond = cond
+        if sequence_parallel:  # blocks see a sequence shard: sum their partial gradients of cond
+            cond = copy_to_tensor_model_parallel_region(cond)
         for block in self.blocks.values():
             if self.cfg.recompute and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cond, cos, sin)
         if self.post_process:
-            return self.output_layer(x.transpose(0, 1), cond)
+            if sequence_parallel:  # the output layer's TP backward already sums the gradient: just split it
+                x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)
+            return self.output_layer(x.transpose(0, 1), final_cond)
         cond_row = F.pad(cond, (0, self.cfg.hidden - self.cfg.cond_dim))[None]
         return torch.cat([x, cond_row], dim=0)
 

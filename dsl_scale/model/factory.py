@@ -25,7 +25,7 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
 
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
               pp: int = 1, stage: int = 0, objective: ObjectiveConfig | None = None,
-              mask_id: int | None = None) -> DiT:
+              mask_id: int | None = None, sequence_parallel: bool = False) -> DiT:
     """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
     order from the same seed and keeps its own part, so a layout never changes the initial weights."""
     cfg = dit_config(model, vocab_size, causal, objective, mask_id)
@@ -34,7 +34,7 @@ def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = Fal
     mp_config = TransformerConfig(
         num_layers=cfg.n_blocks, hidden_size=cfg.hidden, num_attention_heads=cfg.n_heads,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, use_cpu_initialization=True,
-        params_dtype=torch.float32, pipeline_dtype=torch.float32,
+        params_dtype=torch.float32, pipeline_dtype=torch.float32, sequence_parallel=sequence_parallel,
     )
     torch.manual_seed(seed)
     if pp == 1:

@@ -22,6 +22,9 @@ PATCHED_MODULES = (
     "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.transformer.utils",
+    "megatron.core.utils",  # the global memory buffer of sequence-parallel all-gathers
+    "megatron.core.tensor_parallel.mappings",  # sequence-parallel gather / reduce-scatter outputs
+    "megatron.core.tensor_parallel.layers",  # the sequence-parallel all-gather in backward
 )
 MODEL_PARALLEL_RNG = "model-parallel-rng"
 DATA_PARALLEL_RNG = "data-parallel-rng"

@@ -51,10 +51,29 @@ def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup))
 
 
+def sum_sequence_parallel_grads(module: torch.nn.Module) -> None:
+    """Each TP rank computes the gradient of a `sequence_parallel` parameter from its own part of the
+    sequence; sum the parts as each backward produces them (before accumulation and DeepSpeed's hooks)."""
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_tensor_model_parallel_group()
+
+    def summed(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad, group=group)
+        return grad
+
+    for param in module.parameters():
+        if getattr(param, "sequence_parallel", False):
+            param.register_hook(summed)
+
+
 def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
     import deepspeed
 
     mark_norm_owners(model, topo.tp_rank)
+    if cfg.parallel.sequence_parallel:
+        sum_sequence_parallel_grads(model)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],

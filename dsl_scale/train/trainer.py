@@ -52,7 +52,7 @@ class Trainer:
         self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
                           tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
-                          mask_id=self.tokenizer.mask_id)
+                          mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel)
         if cfg.init_from and not (cfg.train.resume and checkpoint.read_latest(self.ckpt_root)):
             self._init_from(model)
         self.nll_fn = type(model).token_nll

@@ -25,9 +25,9 @@ FULL = [
 ]
 
 
-def overrides(data, run_dir, tp=1, pp=1, zero=0) -> list[str]:
+def overrides(data, run_dir, tp=1, pp=1, zero=0, sp=False) -> list[str]:
     values = {**COMMON, "data.path": data, "run_dir": run_dir, "parallel.tp": tp, "parallel.pp": pp,
-              "parallel.zero_stage": zero}
+              "parallel.zero_stage": zero, "parallel.sequence_parallel": sp}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -38,8 +38,8 @@ def reference(wiki_shards, tmp_path_factory):
     return read_jsonl(run_dir / "metrics.jsonl"), load_file(run_dir / "final" / "model.safetensors")
 
 
-def check_layout(reference, wiki_shards, tmp_path, ranks, tp, pp, zero):
-    run("torchrun", "pretrain.py", ranks, overrides(wiki_shards, tmp_path, tp, pp, zero))
+def check_layout(reference, wiki_shards, tmp_path, ranks, tp, pp, zero, sp=False):
+    run("torchrun", "pretrain.py", ranks, overrides(wiki_shards, tmp_path, tp, pp, zero, sp))
     ref_metrics, ref_weights = reference
     metrics = read_jsonl(tmp_path / "metrics.jsonl")
     assert len(metrics) == len(ref_metrics) == 5
@@ -66,3 +66,12 @@ def test_every_layout_matches_single_process(reference, wiki_shards, tmp_path, r
 def test_tensor_parallel_shards_equal_slices_of_the_single_rank_weights():
     result = run("torchrun", "tests/distributed/tp_init_check.py", 2, [])
     assert "shards equal their TP=1 slices" in result.stdout
+
+
+def test_sequence_parallel_layout_matches_single_process(reference, wiki_shards, tmp_path):
+    check_layout(reference, wiki_shards, tmp_path, 2, 2, 1, 1, sp=True)
+
+
+def test_sequence_parallel_gradients_equal_the_single_rank_gradients():
+    result = run("torchrun", "tests/distributed/sp_grad_check.py", 2, [])
+    assert "gradients equal TP=1" in result.stdout

@@ -47,6 +47,9 @@ def test_launcher_names_the_unknown_key_and_starts_nothing():
         (["parallel.tp=2"], 3, "not divisible by parallel.tp"),
         (["parallel.zero_stage=4"], 1, "zero_stage"),
         (["train.precision=fp16"], 1, "precision"),
+        (["parallel.pp=2", "parallel.zero_stage=2"], 2, "ZeRO-2/3"),
+        (["parallel.sequence_parallel=true"], 1, "sequence_parallel"),
+        (["parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true"], 4, "sequence_parallel"),
     ],
 )
 def test_validation_errors_name_the_keys(overrides, world, message):
