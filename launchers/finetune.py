@@ -2,7 +2,7 @@
 
     python launchers/finetune.py init_from=RUN_DIR_OR_WEIGHTS [hydra overrides]   (also under deepspeed/torchrun)
 
-The same trainer as pretrain.py: weights come from `init_from` (any of our checkpoints saved at TP = PP = 1,
+The same trainer as pretrain.py: weights come from `init_from` (any of our checkpoints saved with ZeRO ≤ 2,
 or a consolidated model.safetensors), parameters the source lacks (DSL's converter) are initialised from
 it, and the optimizer starts fresh. Re-running resumes from the run's own `latest`.
 """

@@ -5,6 +5,7 @@ Loads with `torch.load(weights_only=True)`: nothing in a checkpoint is unpickled
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -40,39 +41,52 @@ def _load(file: Path) -> dict:
 
 
 def load_training_config(tag_dir: Path) -> dict:
+    """The run config saved with the checkpoint (every model-parallel rank's file carries it)."""
     return _load(tag_dir / MODEL_STATES)["config"]
 
 
 def load_model_weights(tag_dir: Path, weights: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
-    """Full fp32 weights of a TP=1, PP=1 checkpoint. weights: 'ema', 'model' or 'auto' (EMA when saved).
+    """Full fp32 weights of a checkpoint saved at any TP × PP layout (ZeRO 0–2: every model-parallel rank
+    wrote its whole shard). weights: 'ema', 'model' or 'auto' (EMA when saved).
 
     Returns (state_dict, which weights were loaded).
     """
-    states = _load(tag_dir / MODEL_STATES)
-    if (states.get("mp_world_size") or 1) != 1:
-        raise NotImplementedError(
-            f"{tag_dir} was saved with model parallelism (mp_world_size={states['mp_world_size']}); "
-            "consolidate it first with tools/convert_checkpoint.py"
-        )
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights={weights!r} must be 'auto', 'ema' or 'model'")
-    module = states["module"]
-    if not _complete(module, states["param_shapes"]):
-        raise NotImplementedError(
-            f"{tag_dir} holds ZeRO-3 partitions; consolidate it first with tools/convert_checkpoint.py"
-        )
-    state = {k: v.float() if torch.is_tensor(v) else v for k, v in module.items()}
-    ema_file = tag_dir / "ema_tp00_pp00_dp000.pt"
-    if weights == "model" or (weights == "auto" and not ema_file.exists()):
-        return state, "model"
-    if not ema_file.exists():
-        raise FileNotFoundError(f"weights=ema but {ema_file} does not exist (trained with train.ema=0?)")
-    ema = _load(ema_file)
-    if not _complete(ema, states["param_shapes"]) or any(tuple(ema[k].shape) != tuple(state[k].shape)
-                                                         for k in ema):
-        raise NotImplementedError(f"{ema_file} holds a ZeRO-3 partition; consolidate the checkpoint first")
-    state.update({k: v.float() for k, v in ema.items()})
-    return state, "ema"
+    meta_file = tag_dir / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"tp": 1, "pp": 1}
+    tp, pp = int(meta["tp"]), int(meta["pp"])
+    has_ema = all((tag_dir / _ema_name(t, s)).exists() for t in range(tp) for s in range(pp))
+    if weights == "ema" and not has_ema:
+        raise FileNotFoundError(f"weights=ema but {tag_dir} holds no EMA files (trained with train.ema=0?)")
+    use_ema = weights == "ema" or (weights == "auto" and has_ema)
+    state: dict = {}
+    for stage in range(pp):
+        dims = json.loads((tag_dir / f"partitions_pp{stage:02d}.json").read_text()) if tp > 1 else {}
+        shards = []
+        for t in range(tp):
+            states = _load(tag_dir / f"mp_rank_{stage * tp + t:02d}_model_states.pt")
+            module = dict(states["module"])
+            if not _complete(module, states["param_shapes"]):
+                raise NotImplementedError(
+                    f"{tag_dir} holds ZeRO-3 partitions; train with train.save_final_weights=true for an "
+                    "unsharded model.safetensors, or consolidate the checkpoint first"
+                )
+            if use_ema:
+                module.update(_load(tag_dir / _ema_name(t, stage)))
+            shards.append(module)
+        for name, value in shards[0].items():
+            if not torch.is_tensor(value):
+                state[name] = value
+            elif name in dims:
+                state[name] = torch.cat([shard[name].float() for shard in shards], dim=dims[name])
+            else:
+                state[name] = value.float()
+    return state, "ema" if use_ema else "model"
+
+
+def _ema_name(tp_rank: int, pp_rank: int) -> str:
+    return f"ema_tp{tp_rank:02d}_pp{pp_rank:02d}_dp000.pt"
 
 
 def _complete(state: dict, param_shapes) -> bool:

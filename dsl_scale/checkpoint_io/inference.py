@@ -1,4 +1,4 @@
-"""A trained checkpoint as a model ready for inference in one process (TP = PP = 1)."""
+"""A trained checkpoint (saved at any TP × PP layout, ZeRO ≤ 2) as a model for inference in one process."""
 
 from __future__ import annotations
 

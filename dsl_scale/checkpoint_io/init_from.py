@@ -14,7 +14,7 @@ CONSOLIDATED = "model.safetensors"
 
 def load_full_weights(path: str | Path, weights: str = "auto") -> dict[str, torch.Tensor]:
     """A consolidated `model.safetensors` (a file, a directory holding one, or a run's `final/`), or one
-    of our DeepSpeed checkpoints saved at TP = PP = 1 (a run directory or a checkpoint directory)."""
+    of our DeepSpeed checkpoints saved with ZeRO ≤ 2 at any TP × PP layout (a run or checkpoint directory)."""
     from safetensors.torch import load_file
 
     path = Path(path)

@@ -20,6 +20,12 @@ class SamplerConfig:
     t_on: float = 0.55  # loop: remasking phase starts at t_on ...
     t_off: float = 0.05  # ... and ends at t_off
     alpha_on: float = 0.9  # loop: α held here during the remasking phase
+    # DSL samplers (dsl_scale/sampling/continuous.py, hybrid.py explain the choices)
+    noise_scale: float = 1.0  # g: 1 is the exact localization SDE; 0 makes every position identical
+    s_min: float = 1e-2  # first point of the log-spaced SNR grid (after the step from s = 0)
+    s_max: float = 100.0  # dsl_continuous: last SNR, where the final argmax is taken
+    continuous_steps: int = 8  # dsl_hybrid: continuous steps (of `steps`) before the discrete draft
+    draft_snr: float = 20.0  # dsl_hybrid: the SNR the continuous steps reach
 
 
 @dataclass
@@ -53,6 +59,12 @@ def validate_sample_config(cfg: SampleConfig, known_samplers: tuple[str, ...]) -
     if not 0 < s.t_off < s.t_on < 1 or not 0 < s.alpha_on < 1:
         raise ValueError(f"need 0 < sampler.t_off={s.t_off} < sampler.t_on={s.t_on} < 1 and "
                          f"0 < sampler.alpha_on={s.alpha_on} < 1")
+    if s.noise_scale < 0 or not 0 < s.s_min < s.s_max or s.draft_snr <= s.s_min:
+        raise ValueError(f"need sampler.noise_scale={s.noise_scale} >= 0, 0 < sampler.s_min={s.s_min} < "
+                         f"sampler.s_max={s.s_max} and sampler.draft_snr={s.draft_snr} > sampler.s_min")
+    if s.name == "dsl_hybrid" and not 1 <= s.continuous_steps < cfg.steps:
+        raise ValueError(f"dsl_hybrid needs 1 <= sampler.continuous_steps={s.continuous_steps} < steps={cfg.steps} "
+                         "(steps counts the continuous and the discrete steps)")
     if cfg.weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights={cfg.weights!r} must be 'auto', 'ema' or 'model'")
 

@@ -20,8 +20,24 @@ class ModelDenoiser:
             raise NotImplementedError("sampling a time-conditioned model is not supported")
         self.model = model.eval()
         self.batch_invariant = batch_invariant
+        converter = getattr(model, "converter", None)
+        # DSL checkpoints only: the token keys K [V, d] of the localization channel (SPEC §4).
+        self.keys: torch.Tensor | None = None if converter is None else converter.keys.detach().float().cpu()
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         chunks = ids.split(1) if self.batch_invariant else [ids]
         return torch.cat([self.model(chunk) for chunk in chunks])
+
+    @torch.no_grad()
+    def from_z(self, z: torch.Tensor) -> torch.Tensor:
+        """Localization observations z [b, L, d] → logits [b, L, V], every position through the converter."""
+        if self.keys is None:
+            raise ValueError("this model has no DSL converter: it cannot denoise continuous inputs z")
+        mask_id = self.model.cfg.mask_id
+        chunks = z.float().split(1) if self.batch_invariant else [z.float()]
+        outs = []
+        for chunk in chunks:
+            ids = torch.full(chunk.shape[:2], mask_id, dtype=torch.long)  # unused: no position is discrete
+            outs.append(self.model(ids, z=chunk, discrete=torch.zeros(chunk.shape[:2], dtype=torch.bool)))
+        return torch.cat(outs)

@@ -19,7 +19,7 @@ from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.sampling import records
 from dsl_scale.sampling.config import SampleConfig, validate_sample_config
 from dsl_scale.sampling.denoiser import ModelDenoiser
-from dsl_scale.sampling.registry import get_sampler, sampler_names
+from dsl_scale.sampling.registry import check_model_fits, get_sampler, sampler_names
 
 
 def run_sampling(cfg: SampleConfig) -> None:
@@ -29,6 +29,7 @@ def run_sampling(cfg: SampleConfig) -> None:
     topo = init_process_groups(1, 1)  # DP only: every rank holds the whole model
     loaded = load_for_inference(cfg.checkpoint, cfg.weights)
     model, tokenizer, seq_len = loaded.model, loaded.tokenizer, loaded.train_config.model.seq_len
+    check_model_fits(cfg.sampler.name, model, cfg.checkpoint)
     out = Path(cfg.out)
     settings = {
         **dataclasses.asdict(cfg), "checkpoint_dir": str(Path(loaded.checkpoint_dir).resolve()),

@@ -19,7 +19,7 @@ import torch
 
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
 from dsl_scale.sampling.config import SamplerConfig
-from dsl_scale.sampling.schedules import SCHEDULES
+from dsl_scale.sampling.schedules import SCHEDULES, Schedule
 from dsl_scale.sampling.steps import gumbel_max, gumbel_noise, nucleus_rows, transition_groups
 from dsl_scale.train.seeding import derive_seed
 
@@ -62,15 +62,32 @@ def sample(
     With `cache`, a sequence that a step left unchanged reuses its x_θ instead of a new forward pass.
     """
     sampler = sampler or SamplerConfig()
-    schedule = SCHEDULES[sampler.name]
     n = len(indices)
-    generators = sample_generators(seed, indices)
     x = torch.full((n, seq_len), mask_id, dtype=torch.long)
     psi = torch.zeros(n, seq_len, dtype=torch.float64)  # x_θ prob of each token when it was unmasked
+    return discrete_phase(denoise, x, psi, time_grid(steps, t_final), sample_generators(seed, indices),
+                          sampler, SCHEDULES[sampler.name], mask_id, top_p, cache, trace)
+
+
+def discrete_phase(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    psi: torch.Tensor,
+    grid: list[float],
+    generators: list[torch.Generator],
+    sampler: SamplerConfig,
+    schedule: Schedule,
+    mask_id: int,
+    top_p: float = 0.9,
+    cache: bool = True,
+    trace: Trace | None = None,
+) -> SampleResult:
+    """Runs `schedule` over the times `grid` (len(grid) − 1 steps, the last one the argmax of x_θ) from
+    the state x [n, L] (ids, [MASK] where masked) and psi [n, L]; psi is updated in place."""
+    n, steps = x.shape[0], len(grid) - 1
     logits: list[torch.Tensor] = [torch.empty(0)] * n  # per sequence [L, V], [MASK] suppressed
     stale = torch.ones(n, dtype=torch.bool)
     nfe = [0] * n
-    grid = time_grid(steps, t_final)
     for k in range(steps):
         _refresh(denoise, x, logits, stale, mask_id)
         for i in stale.nonzero().flatten().tolist():

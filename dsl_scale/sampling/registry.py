@@ -2,21 +2,26 @@
 
 A sampler function has the signature of `generate.sample`: (denoise, indices, seq_len, steps, mask_id,
 seed, sampler_config, top_p) → SampleResult, and must draw every random number of sample i from
-(seed, i) only. The DSL continuous and hybrid samplers (SPEC §5) will register here once the DSL
-model exists; they need a denoiser that also accepts continuous inputs z (DiT's `input_embeds` via the
-DSL converter), which is why the denoiser is passed in rather than built here.
+(seed, i) only. The DSL samplers (SPEC §5) need a denoiser that also takes continuous inputs z
+(ModelDenoiser.from_z, through the DSL converter), which is why the denoiser is passed in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
+from dsl_scale.sampling.continuous import sample_dsl_continuous
 from dsl_scale.sampling.generate import SampleResult, sample
+from dsl_scale.sampling.hybrid import sample_dsl_hybrid
 from dsl_scale.sampling.schedules import SCHEDULES
 
 SamplerFn = Callable[..., SampleResult]
 
 _SAMPLERS: dict[str, SamplerFn] = {name: sample for name in SCHEDULES}
+_SAMPLERS.update(dsl_continuous=sample_dsl_continuous, dsl_hybrid=sample_dsl_hybrid)
+_NEED_CONVERTER = {"dsl_continuous", "dsl_hybrid"}
 
 
 def register_sampler(name: str, fn: SamplerFn) -> None:
@@ -33,3 +38,10 @@ def get_sampler(name: str) -> SamplerFn:
     if name not in _SAMPLERS:
         raise ValueError(f"sampler={name!r} is not one of {sampler_names()}")
     return _SAMPLERS[name]
+
+
+def check_model_fits(name: str, model: nn.Module, checkpoint: str) -> None:
+    """The DSL samplers feed z through DSL's converter: refuse a checkpoint without one, by name."""
+    if name in _NEED_CONVERTER and not hasattr(model, "converter"):
+        raise ValueError(f"sampler={name} needs a DSL checkpoint (a DiT with a converter), but checkpoint="
+                         f"{checkpoint} has none (an MDLM run?); use a discrete sampler or a DSL run")

@@ -54,10 +54,23 @@ def step_of(tag: str) -> int:
     return int(tag.split("_")[-1])
 
 
+def partitions_filename(pp_rank: int) -> str:
+    return f"partitions_pp{pp_rank:02d}.json"
+
+
+def tensor_parallel_dims(module: torch.nn.Module) -> dict[str, int]:
+    """name → the dimension along which tensor parallelism splits it (replicated tensors are absent)."""
+    return {name: param.partition_dim for name, param in module.named_parameters()
+            if getattr(param, "tensor_model_parallel", False)}
+
+
 def save(engine, root: Path, step: int, topo: Topology, client_state: dict, ema_state: dict | None,
          ema_sharded: bool, keep: int) -> Path:
     tag = tag_for(step)
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    if topo.tp_rank == 0 and topo.dp_rank == 0:  # lets readers merge TP shards without building the model
+        atomic_write_text(root / tag / partitions_filename(topo.pp_rank),
+                          json.dumps(tensor_parallel_dims(engine.module)))
     if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
         atomic_torch_save(ema_state, root / tag / ema_filename(topo))
     if topo.rank == 0:

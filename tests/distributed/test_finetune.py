@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -32,6 +35,20 @@ def test_dsl_finetuning_from_an_mdlm_run_learns_on_two_ranks(wiki_shards, mdlm_r
     evals = read_jsonl(tmp_path / "eval.jsonl")
     assert evals[-1]["step"] == 20 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3, evals
     assert (tmp_path / "config.yaml").read_text().count("name: dsl") == 1
+
+    out = tmp_path / "bound.json"
+    run("python", "evaluate.py", 1, [f"checkpoint={tmp_path}", f"reference={wiki_shards}", "metrics=[nelbo]",
+                                     "nelbo_examples=4", "nelbo_batch_size=4", f"out={out}"])
+    bound = json.loads(out.read_text())["nelbo"]
+    assert bound["objective"] == "dsl" and bound["examples"] == 4
+    assert 0 < bound["nelbo"] < 2 * math.log(vocab), bound  # per token, nats
+
+    for sampler in ("dsl_continuous", "dsl_hybrid"):
+        samples = tmp_path / f"{sampler}.jsonl"
+        run("python", "sample.py", 1, [f"checkpoint={tmp_path}", f"sampler={sampler}", "steps=6", "num_samples=2",
+                                       "sampler.continuous_steps=2", f"out={samples}"])
+        records = [json.loads(line) for line in samples.read_text().splitlines()]
+        assert [r["index"] for r in records] == [0, 1] and all(len(r["tokens"]) == 64 for r in records)
 
 
 def test_dsl_loss_at_tensor_parallel_two_equals_one_process(wiki_shards, tmp_path):

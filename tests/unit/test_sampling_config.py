@@ -45,7 +45,7 @@ def test_unknown_keys_and_samplers_are_rejected():
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [(["sampler.name=dsl_hybrid"], "sampler.name"), (["top_p=0"], "top_p"), (["steps=0"], "steps"),
+    [(["sampler.name=nope"], "sampler.name"), (["top_p=0"], "top_p"), (["steps=0"], "steps"),
      (["sampler=remdm_loop", "sampler.t_on=0.01"], "t_on"), (["weights=best"], "weights")],
 )
 def test_validation_names_the_key(overrides, message):
