@@ -41,7 +41,9 @@ def test_dsl_finetuning_from_an_mdlm_run_learns_on_two_ranks(wiki_shards, mdlm_r
                                      "nelbo_examples=4", "nelbo_batch_size=4", f"out={out}"])
     bound = json.loads(out.read_text())["nelbo"]
     assert bound["objective"] == "dsl" and bound["examples"] == 4
-    assert 0 < bound["nelbo"] < 2 * math.log(vocab), bound  # per token, nats
+    # per token, nats: with unit-norm keys mmse ≤ 4, so the integral part is at most ½·4·s* for an untrained
+    # model (the bound's tightness is tested against the exact posterior in tests/unit/test_dsl.py)
+    assert 0 < bound["nelbo"] < 0.5 * 4 * 100 + 2 * math.log(vocab), bound
 
     for sampler in ("dsl_continuous", "dsl_hybrid"):
         samples = tmp_path / f"{sampler}.jsonl"
