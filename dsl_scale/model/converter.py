@@ -6,8 +6,8 @@ Here W is stored row-wise like an embedding table: `token_weight` [V, H] (W's to
 
 Tensor parallelism mirrors megatron's VocabParallelEmbedding: TP rank r holds the token slots
 [vocab_start, vocab_end) of b and W and uses those rows of K; the mask slot (b_mask, W_mask) and β, c
-are replicated. Each rank computes e_v = exp(l_v − m) for its slots only (m: the global max, no
-gradient), and the replicated result
+are replicated. Each rank computes e_v = exp(l_v − m) for its slots only (m: the global max, gathered
+from every rank's maximum, no gradient), and the replicated result
     h = c + (Σ_ranks Σ_local e_v W_v + e_mask W_mask) / (Σ_ranks Σ_local e_v + e_mask)
 is formed from two all-reduced partial sums (numerator [.., H], denominator [.., 1]); no rank ever
 holds [B, L, V] at TP > 1. The partial sums are reduced with megatron's reduce_from region (backward:
@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import (
     copy_to_tensor_model_parallel_region,
+    gather_from_tensor_model_parallel_region,
     reduce_from_tensor_model_parallel_region,
     set_tensor_model_parallel_attributes,
 )
@@ -98,8 +98,8 @@ class Converter(nn.Module):
         logits = u @ keys.T + self.token_bias.float()
         mask_logit = self.mask_bias.float().expand(*logits.shape[:-1], 1)
         shift = torch.maximum(logits.detach().amax(-1, keepdim=True), mask_logit.detach())
-        if self.tp_group is not None:
-            dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=self.tp_group)
+        if self.tp_group is not None:  # one shift for the whole row: each rank's maximum, gathered
+            shift = gather_from_tensor_model_parallel_region(shift, self.tp_group).amax(-1, keepdim=True)
         e_local = torch.exp(logits - shift)
         e_mask = torch.exp(mask_logit - shift)
         total = self._reduce(e_local.sum(-1, keepdim=True)) + e_mask

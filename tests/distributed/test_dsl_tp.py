@@ -97,6 +97,9 @@ def run(tp: int, full_state=None) -> dict[str, torch.Tensor]:
 def worker(rank: int, world: int, port: int) -> None:
     from megatron.core import parallel_state
 
+    from dsl_scale.parallel import cpu_compat
+
+    cpu_compat.install()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
