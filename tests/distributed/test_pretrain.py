@@ -78,3 +78,16 @@ def test_pipeline_parallel_run_resumes_bit_exactly(wiki_shards, tmp_path):
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     split = read_jsonl(tmp_path / "split" / "metrics.jsonl")
     assert [r["loss"] for r in split] == [r["loss"] for r in whole] and len(whole) == 6
+
+
+def test_bf16_training_tracks_fp32_on_a_tiny_model(wiki_shards, tmp_path):
+    """bf16 is the GPU default; on CPU it is only checked for correctness, on tiny shapes."""
+    common = {"model.dropout": 0.0, "train.ema": 0.0, "parallel.zero_stage": 1, "train.eval_every": 3}
+    run("python", "pretrain.py", 1, overrides(wiki_shards, tmp_path / "fp32", 3, **common))
+    run("python", "pretrain.py", 1, overrides(wiki_shards, tmp_path / "bf16", 3, **common,
+                                              **{"train.precision": "bf16"}))
+    fp32, bf16 = read_jsonl(tmp_path / "fp32" / "metrics.jsonl"), read_jsonl(tmp_path / "bf16" / "metrics.jsonl")
+    assert len(fp32) == len(bf16) == 3
+    for a, b in zip(fp32, bf16):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-2), (a, b)
+    assert "bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
