@@ -172,18 +172,3 @@ class GlobalBatches:
     def __iter__(self) -> Iterator[torch.Tensor]:
         for step in itertools.count(self.start_step):
             yield self.batch_at(step)
-
-
-def fixed_val_batches(dataset: Blocks, batch_size: int, num_batches: int) -> list[torch.Tensor]:
-    """The first blocks of the split, in order, as up to `num_batches` full [batch_size, L] batches.
-
-    Identical on every rank, so validation loss is deterministic. Fewer batches are returned when the
-    split is too small; none at all is an error.
-    """
-    count = min(num_batches, len(dataset) // batch_size)
-    if count <= 0:
-        raise ValueError(f"validation split has {len(dataset)} blocks, fewer than one batch of {batch_size}")
-    return [
-        torch.from_numpy(np.stack([dataset[b * batch_size + i] for i in range(batch_size)]).astype(np.int64))
-        for b in range(count)
-    ]

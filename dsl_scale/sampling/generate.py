@@ -108,11 +108,6 @@ def discrete_phase(
     return SampleResult(tokens=x, nfe=nfe, psi=psi)
 
 
-def sample_mdlm(denoise: Denoiser, indices: list[int], seq_len: int, steps: int, mask_id: int, seed: int,
-                top_p: float = 0.9, t_final: float = 1e-5, cache: bool = True) -> SampleResult:
-    return sample(denoise, indices, seq_len, steps, mask_id, seed, None, top_p, t_final, cache)
-
-
 def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, generator) -> None:
     """One sequence's step, in place on x [L] and psi [L]. Noise: 2 per position, then one per
     nucleus id of each position that unmasks, in position order."""

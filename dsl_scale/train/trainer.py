@@ -134,12 +134,11 @@ class Trainer:
 
     def _micro_batches(self, tokens: torch.Tensor, first_position: int, key: int, batch_size: int,
                        stream: int) -> list[Prepared]:
-        mb = self.cfg.train.micro_batch
+        positions = torch.arange(first_position, first_position + len(tokens))
         return [
-            self.objective.prepare(tokens[i:i + mb], torch.arange(first_position + i,
-                                                                   first_position + i + len(tokens[i:i + mb])),
-                                   key, batch_size, stream)
-            for i in range(0, len(tokens), mb)
+            self.objective.prepare(chunk, chunk_positions, key, batch_size, stream)
+            for chunk, chunk_positions in zip(tokens.split(self.cfg.train.micro_batch),
+                                              positions.split(self.cfg.train.micro_batch))
         ]
 
     def train_step(self, batches: GlobalBatches) -> dict:

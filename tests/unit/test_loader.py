@@ -16,7 +16,6 @@ from dsl_scale.data.loader import (
     GlobalBatches,
     check_manifest,
     epoch_permutation,
-    fixed_val_batches,
     open_shards,
 )
 from dsl_scale.data.streaming_compat import import_streaming
@@ -97,15 +96,6 @@ def test_global_batch_larger_than_dataset():
 def test_bad_layout():
     with pytest.raises(ValueError, match="not divisible"):
         GlobalBatches(ArangeBlocks(10), 6, 0, 4, seed=0)
-
-
-def test_fixed_val_batches(tiny_shards):
-    ds = open_shards(str(tiny_shards), "val")
-    batches = fixed_val_batches(ds, 2, 3)
-    assert len(batches) == 3 and all(b.shape == (2, 32) and b.dtype == torch.int64 for b in batches)
-    assert torch.equal(torch.cat(batches), torch.from_numpy(np.stack([ds[i] for i in range(6)])).long())
-    assert all(torch.equal(x, y) for x, y in zip(batches, fixed_val_batches(ds, 2, 3), strict=True))
-    assert len(fixed_val_batches(ds, 2, 10**6)) == len(ds) // 2
 
 
 @pytest.fixture

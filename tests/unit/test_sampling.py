@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsl_scale.sampling.config import SamplerConfig
-from dsl_scale.sampling.generate import _step_one, sample, sample_mdlm
+from dsl_scale.sampling.generate import _step_one, sample
 from dsl_scale.sampling.steps import (
     gumbel_max,
     gumbel_noise,
@@ -142,8 +142,8 @@ def config(name: str) -> SamplerConfig:
 
 
 def test_caching_saves_evaluations_and_changes_nothing():
-    cached = sample_mdlm(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1)
-    uncached = sample_mdlm(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1, cache=False)
+    cached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1)
+    uncached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1, cache=False)
     assert torch.equal(cached.tokens, uncached.tokens)
     assert all(n < 32 for n in cached.nfe) and uncached.nfe == [32, 32, 32]
     assert not (cached.tokens == 5).any(), "the final step unmasks everything"
