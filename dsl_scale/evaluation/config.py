@@ -21,7 +21,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["mauve", "gen_ppl", "entropy"])
     out: str = "results.json"
     # MAUVE features
-    featurizer: str = "minilm"  # minilm (offline, packaged) | gpt2-large (local path or HF cache)
+    featurizer: str = "minilm"  # minilm (offline, order-aware) | minilm-mean | gpt2-large (local path or HF cache)
     featurizer_path: str = ""  # a local model dir for gpt2-large; empty = the HF cache under that name
     feature_batch_size: int = 32
     cache_dir: str = "~/.cache/dsl_scale/features"  # "" disables the feature cache
