@@ -27,11 +27,37 @@ def strip_launcher_args(argv: list[str]) -> list[str]:
     return kept
 
 
+def tasks_on_node(tasks_per_node: str, node_id: int) -> int:
+    """SLURM's compressed per-node task counts ("2(x3),1") → the count of node `node_id`."""
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        count, _, repeat = part.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts[node_id]
+
+
+def slurm_environment(environ: dict | None = None) -> None:
+    """One process per rank started by `srun` itself (e.g. `deepspeed --launcher slurm`, or `srun python ...`):
+    torch.distributed's RANK/WORLD_SIZE/LOCAL_RANK come from the task's SLURM_* variables. Under torchrun or
+    deepspeed's own launcher RANK is already set and nothing changes; MASTER_ADDR/PORT come from the job
+    script (launchers/slurm/*.sbatch export them)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) == 1:
+        return
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+    if missing:
+        raise RuntimeError(f"started by srun with {env['SLURM_STEP_NUM_TASKS']} tasks but {missing} not set: "
+                           "export the head node's address and a port (launchers/slurm/*.sbatch do)")
+    env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_STEP_NUM_TASKS"], LOCAL_RANK=env["SLURM_LOCALID"],
+               LOCAL_WORLD_SIZE=str(tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], int(env["SLURM_NODEID"]))))
+
+
 def hydra_main(run: Callable, config_name: str, register: Callable[[], None]) -> None:
     """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore."""
     from dsl_scale.parallel.topology import prepare_environment
 
     sys.argv = strip_launcher_args(sys.argv)
+    slurm_environment()
     prepare_environment()
 
     import hydra
