@@ -83,3 +83,12 @@ def process_group():
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     yield
+
+
+@pytest.fixture(scope="session")
+def both_shards(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: tuple[Path, list[str]]) -> Path:
+    """The tiny corpus at seq_len 32 in both formats: small shards (dozens of webdataset tars), 3 train groups."""
+    out = tmp_path_factory.mktemp("both_shards")
+    prepare(str(tiny_corpus[0]), str(out), 32, val_fraction=0.2, shard_size_bytes=4096, fmt="both",
+            docs_per_group=20, progress=False)
+    return out

@@ -1,4 +1,4 @@
-"""Reading prepared shards for training: validation of the data dir, and deterministic global batches.
+"""MDS shards for training: random access to blocks, and deterministic global batches.
 
 Batches are a pure function of (seed, step, global_batch): global sample position c = step * global_batch + j
 lies in epoch e = c // N and picks block perm_e[c % N], perm_e a seeded permutation of the N blocks. DP
@@ -9,19 +9,16 @@ rank r takes the contiguous slice j in [r * gb / dp, (r + 1) * gb / dp). Resumin
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from dsl_scale.data.checks import SPLITS, check_manifest, read_manifest  # noqa: F401  (this module's API)
 from dsl_scale.data.streaming_compat import import_streaming
 from dsl_scale.data.writers import MANIFEST_NAME, TOKENS_COLUMN
-
-SPLITS = ("train", "val")
-_INDEX_NAME = "index.json"  # written by MDSWriter in each split directory
 
 
 class Blocks(Protocol):
@@ -30,86 +27,27 @@ class Blocks(Protocol):
     def __getitem__(self, i: int) -> np.ndarray: ...
 
 
-def _prepare_hint(path: str) -> str:
-    return f"run `python tools/prepare_data.py --source wikipedia-sample --out {path} --seq-len L` first"
-
-
-def read_manifest(path: str) -> dict[str, Any]:
-    """The manifest of a prepared data directory, with errors that say how to create it."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"data directory {path} does not exist; {_prepare_hint(path)}")
-    file = os.path.join(path, MANIFEST_NAME)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(
-            f"{file} is missing (preparation never finished, or this is not a data directory); "
-            + _prepare_hint(path)
-        )
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON ({err}); {_prepare_hint(path)}") from err
-
-
-def check_manifest(
-    path: str, seq_len: int, tokenizer: str, vocab_size: int, splits: Sequence[str] = SPLITS
-) -> dict[str, Any]:
-    """Check a data directory against the run's config and that every shard is present and complete."""
-    manifest = read_manifest(path)
-    file = os.path.join(path, MANIFEST_NAME)
-    if manifest.get("format") != "mds":
-        raise ValueError(f"{file}: format {manifest.get('format')!r}, but the training loader reads MDS")
-    for key, wanted in (("seq_len", seq_len), ("tokenizer", tokenizer), ("vocab_size", vocab_size)):
-        if manifest.get(key) != wanted:
-            raise ValueError(
-                f"{file}: data was prepared with {key}={manifest.get(key)!r} "
-                f"but the config has {key}={wanted!r}; "
-                "re-run tools/prepare_data.py to match the config, or point the config at matching data"
-            )
-    for split in splits:
-        _check_split(path, split, manifest, seq_len)
-    return manifest
-
-
-def _check_split(path: str, split: str, manifest: dict[str, Any], seq_len: int) -> None:
-    recorded = manifest.get("splits", {}).get(split)
-    if recorded is None:
-        raise ValueError(f"{os.path.join(path, MANIFEST_NAME)} has no {split!r} split")
-    index_file = os.path.join(path, split, _INDEX_NAME)
-    if not os.path.isfile(index_file):
-        raise FileNotFoundError(f"shard index {index_file} is missing; {_prepare_hint(path)}")
-    with open(index_file, encoding="utf-8") as f:
-        shards = json.load(f)["shards"]
-    samples = 0
-    for shard in shards:
-        info = shard["raw_data"]
-        shard_file = os.path.join(path, split, info["basename"])
-        if not os.path.isfile(shard_file):
-            raise FileNotFoundError(f"shard file {shard_file} listed in {index_file} is missing")
-        size = os.path.getsize(shard_file)
-        if size != info["bytes"]:
-            raise ValueError(
-                f"shard file {shard_file} is truncated or damaged: {size} bytes, index says {info['bytes']}"
-            )
-        if shard.get("column_encodings") != [f"ndarray:int32:{seq_len}"]:
-            raise ValueError(f"{index_file}: unexpected column encodings {shard.get('column_encodings')}")
-        samples += shard["samples"]
-    if samples == 0:
-        raise ValueError(f"{split} split in {os.path.join(path, split)} has 0 blocks; " + _prepare_hint(path))
-    if samples != recorded["blocks"]:
-        raise ValueError(f"{index_file} holds {samples} blocks but the manifest records {recorded['blocks']}")
-
-
 class BlockDataset:
-    """Random access to the packed blocks of one split (int32 arrays of length seq_len)."""
+    """Random access to the packed blocks of one split (int32 arrays of length seq_len), from MDS shards.
 
-    def __init__(self, path: str, split: str) -> None:
+    Local shards are read in place. With `remote` (`s3://...`, `gs://...`, or any URL or directory
+    mosaicml-streaming can download from), `path` is the local cache: shards are fetched on first use.
+    """
+
+    def __init__(self, path: str, split: str, remote: str = "") -> None:
+        streaming = import_streaming()
+        if remote and not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+            fetch_manifest(remote, path)
         self.manifest = read_manifest(path)
         if split not in self.manifest.get("splits", {}):
             raise ValueError(f"{os.path.join(path, MANIFEST_NAME)} has no {split!r} split")
         self.path, self.split = path, split
         self.seq_len: int = self.manifest["seq_len"]
-        self._ds = import_streaming().LocalDataset(local=path, split=split)
+        if remote:
+            self._ds = streaming.StreamingDataset(remote=remote, local=path, split=split, shuffle=False,
+                                                  batch_size=1)
+        else:
+            self._ds = streaming.LocalDataset(local=path, split=split)
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -123,8 +61,17 @@ class BlockDataset:
         return f"BlockDataset({self.path!r}, {self.split!r}, blocks={len(self)}, seq_len={self.seq_len})"
 
 
-def open_shards(path: str, split: str) -> BlockDataset:
-    return BlockDataset(path, split)
+def open_shards(path: str, split: str, remote: str = "") -> BlockDataset:
+    return BlockDataset(path, split, remote)
+
+
+def fetch_manifest(remote: str, path: str, timeout: float = 60.0) -> None:
+    """Download `<remote>/manifest.json` into the local cache directory `path`."""
+    import_streaming()
+    from streaming.base.storage import CloudDownloader
+
+    CloudDownloader.direct_download(f"{remote.rstrip('/')}/{MANIFEST_NAME}", os.path.join(path, MANIFEST_NAME),
+                                    timeout)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,24 +1,36 @@
-"""Raw text sources: named corpora (a registry) and local .txt / .jsonl files or folders of them.
+"""Raw text sources: named corpora (a registry) and local files or folders of them.
 
-Every source yields non-empty document strings in a deterministic order, so the train/val split and
-the packed blocks are reproducible.
+Local files: `.txt` (one document per file; an OpenWebText-style folder of .txt documents is a folder
+source), `.jsonl` and zstandard-compressed `.jsonl.zst` (one {"text": ...} object per line), and
+Wikipedia XML dumps `.xml` / `.xml.bz2`. Every source yields non-empty document strings in a
+deterministic order (folders: sorted paths, recursive), so the train/val split and the packed blocks
+are reproducible.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dsl_scale.data.packaged import iter_packaged_english
 from dsl_scale.data.wiki import iter_wikipedia_sample
+from dsl_scale.data.wiki_dump import iter_wiki_dump
 
-LOCAL_SUFFIXES = (".txt", ".jsonl")
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".jsonl.zst", ".xml", ".xml.bz2")
 
-# Named sources; later ones (packaged-english, OpenWebText folders, ...) register here.
 SOURCES: dict[str, Callable[[], Iterator[str]]] = {
     "wikipedia-sample": iter_wikipedia_sample,
+    "packaged-english": iter_packaged_english,
 }
+
+
+def _suffix(path: Path) -> str:
+    """The longest known suffix of `path` ("" if none): `.jsonl.zst` before `.jsonl`."""
+    name = path.name.lower()
+    return max((s for s in LOCAL_SUFFIXES if name.endswith(s)), key=len, default="")
 
 
 def register_source(name: str, factory: Callable[[], Iterator[str]]) -> None:
@@ -39,10 +51,10 @@ def iter_documents(source: str) -> Iterator[str]:
     if path.is_dir():
         return _iter_folder(path)
     if path.is_file():
-        if path.suffix not in LOCAL_SUFFIXES:
+        if not _suffix(path):
             raise ValueError(f"unsupported source file {path}: expected one of {', '.join(LOCAL_SUFFIXES)}")
         return _iter_file(path)
-    if os.sep in source or path.suffix in LOCAL_SUFFIXES:
+    if os.sep in source or _suffix(path):
         raise FileNotFoundError(f"data source not found: {source}")
     raise ValueError(
         f"unknown data source {source!r}; valid choices: {', '.join(sorted(SOURCES))}, "
@@ -51,22 +63,35 @@ def iter_documents(source: str) -> Iterator[str]:
 
 
 def _iter_folder(root: Path) -> Iterator[str]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _suffix(p))
     for path in files:
         yield from _iter_file(path)
 
 
 def _iter_file(path: Path) -> Iterator[str]:
-    if path.suffix == ".txt":
+    suffix = _suffix(path)
+    if suffix == ".txt":
         text = path.read_text(encoding="utf-8")
         if text.strip():
             yield text
+    elif suffix in (".xml", ".xml.bz2"):
+        yield from iter_wiki_dump(path)
     else:
         yield from _iter_jsonl(path)
 
 
+def _open_text(path: Path):
+    if _suffix(path) != ".jsonl.zst":
+        return path.open(encoding="utf-8")
+    try:
+        import zstandard
+    except ImportError as err:
+        raise ImportError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from err
+    return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(path.open("rb")), encoding="utf-8")
+
+
 def _iter_jsonl(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -43,7 +43,7 @@ def test_manifest_matches_disk(wiki_shards, wiki_docs):
     m = _manifest(wiki_shards)
     assert {k: m[k] for k in ("format", "source", "tokenizer", "vocab_size", "seq_len", "version")} == {
         "format": "mds", "source": "wikipedia-sample", "tokenizer": "gpt2", "vocab_size": 50258,
-        "seq_len": L, "version": 1,
+        "seq_len": L, "version": 2,
     }
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(wiki_docs)
     for split in ("train", "val"):
@@ -52,7 +52,7 @@ def test_manifest_matches_disk(wiki_shards, wiki_docs):
         on_disk = sum(shard["samples"] for shard in index["shards"])
         assert on_disk == s["blocks"] == len(open_shards(str(wiki_shards), split))
         assert s["blocks"] * (L - 2) <= s["tokens"] < (s["blocks"] + 1) * (L - 2)
-    assert len(list((wiki_shards / "train").glob("shard.*.mds"))) > 1
+    assert len(list((wiki_shards / "train").glob("g*/shard.*.mds"))) > 1
     check_manifest(str(wiki_shards), L, "gpt2", 50258)
 
 
@@ -129,5 +129,52 @@ def test_cli_writes_summary_and_refuses_overwrite(tmp_path, tiny_corpus, capsys)
     with pytest.raises(SystemExit):
         cli.main(args)
     assert "--overwrite" in capsys.readouterr().err
-    assert cli.main([*args, "--overwrite", "--val-fraction", "0.5"]) == 0
-    assert _manifest(tmp_path / "d")["val_fraction"] == 0.5
+    assert cli.main([*args, "--overwrite", "--val-fraction", "0.5", "--format", "both", "--workers", "2",
+                     "--docs-per-group", "20"]) == 0
+    m = _manifest(tmp_path / "d")
+    assert m["val_fraction"] == 0.5 and m["format"] == "both" and m["splits"]["train"]["groups"] == 2
+    assert "wds: train" in capsys.readouterr().out
+
+
+def _files(out: Path) -> dict[str, str]:
+    """Every shard and index of a prepared directory with its sha256 (the manifest aside: it has times)."""
+    from dsl_scale.data.writers import file_sha256
+
+    return {str(p.relative_to(out)): file_sha256(str(p)) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def test_parallel_resumable_checksummed_preparation(tmp_path, tiny_corpus, monkeypatch):
+    from dsl_scale.data import prepare as prepare_module
+
+    args = dict(val_fraction=0.2, shard_size_bytes=4096, fmt="both", docs_per_group=10, progress=False)
+    serial = prepare(str(tiny_corpus[0]), str(tmp_path / "serial"), 32, **args)
+    assert serial["groups_built"] == 7 and serial["splits"]["train"]["groups"] == 5
+    for fmt in ("mds", "wds"):
+        for split in ("train", "val"):
+            shards = serial["shards"][fmt][split]
+            assert sum(s["samples"] for s in shards) == serial["splits"][split]["blocks"]
+            assert {s["file"]: s["sha256"] for s in shards}.items() <= _files(tmp_path / "serial").items()
+    parallel = prepare(str(tiny_corpus[0]), str(tmp_path / "parallel"), 32, workers=2, **args)
+    assert parallel["shards"] == serial["shards"] and _files(tmp_path / "parallel") == _files(tmp_path / "serial")
+
+    real_build = prepare_module.build_group
+
+    def crash_in_group_3(out, split, g, docs, settings):
+        if split == "train" and g == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_build(out, split, g, docs, settings)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(prepare_module, "build_group", crash_in_group_3)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(tiny_corpus[0]), str(out), 32, **args)
+    assert not (out / "manifest.json").exists() and (out / "train" / "g00002" / "done.json").exists()
+    with pytest.raises(FileExistsError, match="unfinished preparation with other settings"):
+        prepare(str(tiny_corpus[0]), str(out), 32, **{**args, "docs_per_group": 7})
+    monkeypatch.setattr(prepare_module, "build_group", real_build)
+    resumed = prepare(str(tiny_corpus[0]), str(out), 32, **args)
+    assert resumed["groups_built"] == 4  # train groups 3 and 4, and both val groups
+    assert resumed["shards"] == serial["shards"] and _files(out) == _files(tmp_path / "serial")
+    check_manifest(str(out), 32, "gpt2", 50258, verify_checksums=True)
+    check_manifest(str(out), 32, "gpt2", 50258, fmt="wds", verify_checksums=True)

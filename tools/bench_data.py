@@ -1,0 +1,145 @@
+"""Data-path throughput: tokens/s the readers deliver to one rank, beside what the trainer consumes.
+
+    python tools/bench_data.py [--json] [--source wikipedia-sample] [--epochs 2] [--workers 0,1,2]
+
+Delivered: the trainer's own data path (`open_splits` + `train_batches`, DP size 1, so the rank gets
+the whole global batch of 16 blocks) serving the steps of `--epochs` epochs after one warm-up step
+that starts the workers (so every shard is read, webdataset ones twice); tokens/s = steps × 16 × L /
+wall time. Measured per
+format (MDS, webdataset) and worker count, at L = 128 (the `tiny` preset) and L = 1024 (`small`), on
+`--source` prepared in both formats into a temporary directory (256 KiB shards).
+
+Consumed: a plain single-process fp32 training step of the DiT of each preset at its own L (forward,
+cross-entropy over all positions, backward, AdamW step) on a batch of `--train-batch` sequences (default
+tiny 16 = the trainer's global batch, small 2 to keep the run short), after one warm-up step;
+tokens/s = batch × L / median step time. This is an upper bound for the trainer's consumption (no DeepSpeed,
+no masking, no EMA), so the ratios are conservative. ratio = delivered / consumed by the preset of the
+same L; `ratio_small` = delivered / consumed by `small`. Target (issue 6): ratio_small ≥ 20 everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+TARGET = 20.0
+GLOBAL_BATCH = 16
+PRESETS = {"tiny": 128, "small": 1024}
+
+
+def prepare_both(source: str, root: Path) -> dict[int, Path]:
+    from dsl_scale.data.prepare import prepare
+    from dsl_scale.data.sources import iter_documents
+
+    corpus = root / "corpus.jsonl"
+    with corpus.open("w", encoding="utf-8") as f:  # read the source once for both lengths
+        for doc in iter_documents(source):
+            f.write(json.dumps({"text": doc}) + "\n")
+    dirs = {}
+    for seq_len in sorted(set(PRESETS.values())):
+        dirs[seq_len] = root / f"L{seq_len}"
+        prepare(str(corpus), str(dirs[seq_len]), seq_len, shard_size_bytes=1 << 18, fmt="both",
+                workers=2, progress=False)
+    return dirs
+
+
+def delivered(path: Path, seq_len: int, fmt: str, workers: int, epochs: float) -> float:
+    from dsl_scale.config import DataConfig
+    from dsl_scale.data.batches import open_splits, train_batches
+
+    data = DataConfig(path=str(path), source="", format=fmt, workers=workers)
+    train, _ = open_splits(data, seq_len, 50258, val_blocks=1)
+    batches = train_batches(train, data, GLOBAL_BATCH, 0, 1, seed=0)
+    steps = max(1, round(epochs * len(train) / GLOBAL_BATCH))
+    batches.batch_at(0)
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        batches.batch_at(step)
+    seconds = time.perf_counter() - started
+    batches.close()
+    return steps * GLOBAL_BATCH * seq_len / seconds
+
+
+def consumed(preset: str, batch: int, repeats: int) -> float:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from dsl_scale.config import ModelConfig
+    from dsl_scale.model.dit import DiT
+    from dsl_scale.model.factory import build_dit
+    from dsl_scale.parallel import cpu_compat
+    from dsl_scale.parallel.topology import free_port
+
+    cpu_compat.install()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    fields = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent
+                                                   / f"configs/model/{preset}.yaml"))
+    model = build_dit(ModelConfig(**fields), 50258, seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, 50257, (batch, fields["seq_len"]))
+    sigma = torch.full((batch,), 0.5)
+    times = []
+    for i in range(repeats + 1):
+        started = time.perf_counter()
+        loss = DiT.token_nll(model(tokens, sigma), tokens).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:  # the first step warms up (allocations, AdamW state)
+            times.append(time.perf_counter() - started)
+    return batch * fields["seq_len"] / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--source", default="wikipedia-sample")
+    parser.add_argument("--epochs", type=float, default=2.0, help="epochs of train blocks to time")
+    parser.add_argument("--workers", default="0,1,2")
+    parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps per preset")
+    parser.add_argument("--train-batch", default="tiny:16,small:2", help="sequences per timed training step")
+    args = parser.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    train_batch = {k: int(v) for k, v in (item.split(":") for item in args.train_batch.split(","))}
+    consumption = {preset: consumed(preset, train_batch[preset], args.train_repeats) for preset in PRESETS}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        dirs = prepare_both(args.source, Path(tmp))
+        for preset, seq_len in PRESETS.items():
+            for fmt in ("mds", "wds"):
+                for workers in map(int, args.workers.split(",")):
+                    rate = delivered(dirs[seq_len], seq_len, fmt, workers, args.epochs)
+                    rows.append({"format": fmt, "workers": workers, "seq_len": seq_len, "tokens_per_s": round(rate),
+                                 "consumer": preset, "consumed_tokens_per_s": round(consumption[preset], 1),
+                                 "ratio": round(rate / consumption[preset], 1),
+                                 "ratio_small": round(rate / consumption["small"], 1)})
+    print("trainer consumption (plain fp32 training step): "
+          + ", ".join(f"{p} {c:,.0f} tokens/s (batch {train_batch[p]})" for p, c in consumption.items()))
+    print(f"{'format':6s} {'workers':>7s} {'L':>5s} {'delivered tok/s':>16s} {'consumer':>8s} {'ratio':>9s} "
+          f"{'vs small':>9s}")
+    for r in rows:
+        print(f"{r['format']:6s} {r['workers']:>7d} {r['seq_len']:>5d} {r['tokens_per_s']:>16,} {r['consumer']:>8s} "
+              f"{r['ratio']:>9,.1f} {r['ratio_small']:>9,.1f}")
+    worst = min(r["ratio_small"] for r in rows)
+    print(f"lowest delivered / small-consumed: {worst:,.1f} (target >= {TARGET:g}): "
+          f"{'met' if worst >= TARGET else 'NOT met'}")
+    if args.json:
+        print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
