@@ -1,7 +1,9 @@
-"""GPT-2 BPE, loaded offline, plus a [MASK] id appended after the GPT-2 vocabulary.
+"""Tokenizers by name (`get_tokenizer`): "gpt2" and "char".
 
-The BPE ranks come from the `gpt2.tiktoken` file that ships inside the `openai-whisper` package.
-We only read that file; `whisper` itself is never imported (it would pull in heavy dependencies).
+"gpt2": GPT-2 BPE, loaded offline, plus a [MASK] id appended after the GPT-2 vocabulary. The BPE ranks
+come from the `gpt2.tiktoken` file that ships inside the `openai-whisper` package. We only read that
+file; `whisper` itself is never imported (it would pull in heavy dependencies).
+"char": text8-style characters (a-z and space) plus <|endoftext|> and [MASK] (`CharTokenizer`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -58,16 +62,38 @@ def _to_int_list(ids: Any) -> list[int]:
 
 
 class Tokenizer:
+    """What every tokenizer offers: ids for text and back, and its special ids ([MASK] is the last id)."""
+
+    name: str
+    vocab_size: int
+    mask_id: int
+    bos_id: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, mask_id={self.mask_id})"
+
+
+class GPT2Tokenizer(Tokenizer):
     """GPT-2 BPE with [MASK] = 50257 appended (vocab_size 50258); BOS = EOS = <|endoftext|> = 50256."""
 
     name = "gpt2"
 
     def __init__(self) -> None:
         self._enc = _load_gpt2_encoding()
-        self.vocab_size: int = _GPT2_N_VOCAB + 1
-        self.mask_id: int = _GPT2_N_VOCAB
-        self.eos_id: int = _GPT2_EOT_ID
-        self.bos_id: int = _GPT2_EOT_ID
+        self.vocab_size = _GPT2_N_VOCAB + 1
+        self.mask_id = _GPT2_N_VOCAB
+        self.eos_id = _GPT2_EOT_ID
+        self.bos_id = _GPT2_EOT_ID
 
     def encode(self, text: str) -> list[int]:
         """Ordinary text only: a literal '<|endoftext|>' in the text is encoded as plain characters."""
@@ -93,12 +119,47 @@ class Tokenizer:
             pieces.append(self._enc.decode(run, errors="replace"))
         return "".join(pieces)
 
-    def __repr__(self) -> str:
-        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, mask_id={self.mask_id})"
+
+CHAR_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # ids 0..26, space first
+_DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+_NOT_LETTER = re.compile(r"[^a-z]+")
 
 
-# Later tokenizers (e.g. a "char" tokenizer for tiny tests) register a factory here.
-_FACTORIES: dict[str, Callable[[], Tokenizer]] = {"gpt2": Tokenizer}
+def normalize_text8(text: str) -> str:
+    """text8's normalisation: accents stripped, lower case, each digit spelled out ('1539' -> 'one five three
+    nine'), every other run of non-letters one space; no leading or trailing space."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"[0-9]", lambda m: f" {_DIGIT_WORDS[int(m.group())]} ", text)
+    return _NOT_LETTER.sub(" ", text).strip()
+
+
+class CharTokenizer(Tokenizer):
+    """text8-style characters: space and a-z (ids 0-26), BOS = EOS = <|endoftext|> = 27, [MASK] = 28."""
+
+    name = "char"
+
+    def __init__(self) -> None:
+        self.vocab_size = len(CHAR_ALPHABET) + 2
+        self.eos_id = self.bos_id = len(CHAR_ALPHABET)
+        self.mask_id = len(CHAR_ALPHABET) + 1
+        self._ids = {c: i for i, c in enumerate(CHAR_ALPHABET)}
+        self._pieces = [*CHAR_ALPHABET, ENDOFTEXT, MASK_TEXT]
+
+    def encode(self, text: str) -> list[int]:
+        """The text normalised with `normalize_text8` first, so every id is a letter or the space."""
+        return [self._ids[c] for c in normalize_text8(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """[MASK] renders as '[MASK]', BOS/EOS as '<|endoftext|>'; an id outside the vocabulary is an error."""
+        ids = _to_int_list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside the char vocabulary (0..{self.vocab_size - 1})")
+        return "".join(self._pieces[i] for i in ids)
+
+
+_FACTORIES: dict[str, Callable[[], Tokenizer]] = {"gpt2": GPT2Tokenizer, "char": CharTokenizer}
 
 
 def get_tokenizer(name: str = "gpt2") -> Tokenizer:

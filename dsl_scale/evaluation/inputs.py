@@ -47,9 +47,31 @@ def read_samples(path: str | Path, tokenizer: Tokenizer) -> Samples:
     records.sort(key=lambda r: r.get("index", 0))
     tokens = [[int(t) for t in r["tokens"]] if "tokens" in r else tokenizer.encode(r["text"]) for r in records]
     nfe = [float(r["nfe"]) for r in records if "nfe" in r]
-    settings_file = Path(f"{path}{SETTINGS_SUFFIX}")
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    settings = read_settings(path)
     return Samples(tokens, [metric_text(t, tokenizer) for t in tokens], nfe, settings)
+
+
+def read_settings(samples: str | Path) -> dict[str, Any]:
+    """The sampler's sidecar of a samples file (empty when absent)."""
+    file = Path(f"{samples}{SETTINGS_SUFFIX}")
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def tokenizer_name(samples: str, reference: str) -> str:
+    """The samples' tokenizer, from their sidecar (launchers/sample.py records it) and the reference data's
+    manifest; the two must agree. GPT-2 when neither says (e.g. a text-only samples file)."""
+    from dsl_scale.data.loader import read_manifest
+
+    named: dict[str, str] = {}
+    recorded = read_settings(samples).get("tokenizer") if samples else None
+    if recorded:
+        named[f"{samples}{SETTINGS_SUFFIX}"] = recorded
+    if reference:
+        named[f"{reference}/manifest.json"] = read_manifest(reference)["tokenizer"]
+    if len(set(named.values())) > 1:
+        raise ValueError(f"the samples and the references use different tokenizers: {named}; sample from a "
+                         "checkpoint trained on data with the reference's tokenizer, or prepare matching references")
+    return next(iter(named.values()), "gpt2")
 
 
 def metric_text(tokens: list[int], tokenizer: Tokenizer) -> str:

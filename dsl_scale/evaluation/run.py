@@ -11,7 +11,7 @@ from typing import Any
 
 from dsl_scale.evaluation import ranks
 from dsl_scale.evaluation.config import EvalConfig, validate_eval_config
-from dsl_scale.evaluation.inputs import Samples, read_samples, reference_tokens
+from dsl_scale.evaluation.inputs import Samples, read_samples, reference_tokens, tokenizer_name
 from dsl_scale.tokenizer import get_tokenizer
 
 # Sampler settings lifted to the top of the results file (SPEC §6), when the sidecar has them.
@@ -24,9 +24,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     validate_eval_config(cfg)
     started = time.time()
     ranks.init_world()
-    tokenizer = get_tokenizer("gpt2")
+    tokenizer = get_tokenizer(tokenizer_name(cfg.samples, cfg.reference))
     results: dict[str, Any] = {"samples": cfg.samples or None, "metrics": list(cfg.metrics),
-                               "world_size": ranks.world_size()}
+                               "world_size": ranks.world_size(), "tokenizer": tokenizer.name}
     samples = read_samples(cfg.samples, tokenizer) if cfg.samples else None
     if samples is not None:
         results.update(_run_record(samples))
@@ -42,6 +42,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         from dsl_scale.evaluation.scorers import build_scorer
 
         scorer = build_scorer(cfg.scorer, cfg.weights)
+        _match_scorer_vocabulary(scorer, tokenizer)
         results["gen_ppl"] = generative_perplexity(samples.tokens, tokenizer, scorer, cfg.scorer_batch_size)
         results["scorer"] = cfg.scorer
     if "nelbo" in cfg.metrics:
@@ -66,6 +67,18 @@ def _run_record(samples: Samples) -> dict[str, Any]:
     record["sample_tokens"] = {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)}
     record["sampler_settings"] = settings
     return record
+
+
+def _match_scorer_vocabulary(scorer, tokenizer) -> None:
+    """Our AR scorer must share the samples' tokenizer; a Hugging Face scorer reads our ids as they are only
+    for GPT-2 samples (its `same_vocab` probe compares with GPT-2), else it re-tokenises the decoded text."""
+    from dsl_scale.evaluation.scorers import CheckpointScorer
+
+    if isinstance(scorer, CheckpointScorer) and scorer.tokenizer.name != tokenizer.name:
+        raise ValueError(f"scorer={scorer.path} was trained with tokenizer {scorer.tokenizer.name!r} but the "
+                         f"samples use {tokenizer.name!r}; train the AR scorer on the same data")
+    if not isinstance(scorer, CheckpointScorer) and tokenizer.name != "gpt2":
+        scorer.same_vocab = False
 
 
 def _mauve(cfg: EvalConfig, samples: Samples, tokenizer) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def run_sampling(cfg: SampleConfig) -> None:
     settings = {
         **dataclasses.asdict(cfg), "checkpoint_dir": str(Path(loaded.checkpoint_dir).resolve()),
         "weights_loaded": loaded.weights, "seq_len": seq_len, "world_size": topo.world_size,
+        "tokenizer": tokenizer.name,
     }
     done = _agree_on_done(out, settings, topo.rank)
     todo = [i for i in range(cfg.num_samples) if i not in done]

@@ -127,9 +127,9 @@ def test_mixed_inputs_take_the_table_at_discrete_positions(process_group):
 def test_dsl_loss_falls_on_real_text(process_group, wiki_docs):
     """A micro DiT + converter trained for a few steps on the wikipedia sample with the DSL objective.
     The GPT-2 ids of the batch are renumbered to a compact vocabulary (+ [MASK]) to keep this fast."""
-    from dsl_scale.tokenizer import Tokenizer
+    from dsl_scale.tokenizer import get_tokenizer
 
-    raw = torch.tensor(Tokenizer().encode(" ".join(wiki_docs[:20]))[: 8 * 32]).view(8, 32)
+    raw = torch.tensor(get_tokenizer("gpt2").encode(" ".join(wiki_docs[:20]))[: 8 * 32]).view(8, 32)
     used, ids = torch.unique(raw, return_inverse=True)
     vocab, mask_id = len(used) + 1, len(used)
     cfg = DiTConfig(vocab_size=vocab, hidden=32, n_blocks=1, n_heads=2, cond_dim=8, dropout=0.0)

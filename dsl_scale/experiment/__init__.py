@@ -1,0 +1,1 @@
+"""The reproduction experiment behind tools/reproduce.py: config, stages, data, report."""

@@ -1,0 +1,33 @@
+"""The experiment's data: prepared once (train split for training, held-out val split for MAUVE references)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from dsl_scale.experiment.config import Experiment
+
+
+def prepare_once(e: Experiment, out: Path) -> dict:
+    """Prepare `e.data` into `out` unless a matching preparation is already there; staged, then renamed."""
+    from dsl_scale.data.loader import read_manifest
+    from dsl_scale.data.prepare import format_summary, prepare
+
+    if (out / "manifest.json").is_file():
+        manifest = read_manifest(str(out))
+        wanted = {"source": e.data.source, "tokenizer": e.data.tokenizer, "seq_len": e.data.seq_len}
+        found = {k: manifest.get(k) for k in wanted}
+        if found != wanted:
+            raise ValueError(f"{out} holds data prepared with {found}, the experiment wants {wanted}; "
+                             "use another --out directory")
+        return manifest
+    staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    manifest = prepare(e.data.source, str(staging), e.data.seq_len, val_fraction=e.data.val_fraction,
+                       tokenizer=e.data.tokenizer, progress=False)
+    if out.exists():  # a directory without a manifest: an interrupted earlier attempt
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    print(format_summary(manifest, str(out)), flush=True)
+    return manifest
