@@ -7,9 +7,10 @@ group. The DiT's output layer is zero-initialised (uniform x_θ, every nucleus 9
 which no trained model resembles, so it is re-drawn with std logit_scale/√H: logits of std ≈
 `--logit-scale` (3 gives nuclei of ~2,000 ids at p = 0.9).
 
-`ratio` follows the definition above with the forward time measured before the run (median of 3).
-On a shared machine that baseline drifts, so `ratio_in_run` divides the wall time by the forward time
-actually spent inside the same run instead: it isolates the sampler's own per-step work.
+`ratio` follows the definition above; the forward time is the mean of two medians of 5 passes, measured
+right before and right after each sampler's run (after one short warm-up run of every sampler), so a
+drifting machine biases neither side. `ratio_in_run` divides the wall time by the forward time actually
+spent inside the same run instead: it isolates the sampler's own per-step work.
 Target (issue 7): ratio ≤ 1.05 at T = 128.
 """
 
@@ -76,20 +77,26 @@ def measure(samplers: list[str], steps: int, batch_size: int, seq_len: int, logi
     model, mask_id = build_tiny(seq_len, logit_scale)
     denoise = ModelDenoiser(model, batch_invariant=True)
     batch = torch.randint(0, mask_id, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
-    denoise(batch)  # warm-up
-    forward = []
-    for _ in range(3):
-        started = time.perf_counter()
-        denoise(batch)
-        forward.append(time.perf_counter() - started)
-    forward_s = statistics.median(forward)
+    def forward_time(repeats: int = 5) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            denoise(batch)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    configs = {name: SamplerConfig(**OmegaConf.to_container(OmegaConf.load(defaults / f"{name}.yaml")))
+               for name in samplers}
+    for cfg in configs.values():  # warm-up: allocator pools, caches, lazy initialisation
+        sample(denoise, list(range(batch_size)), seq_len, 8, mask_id, seed=1, sampler=cfg)
     rows = []
-    for name in samplers:
-        cfg = SamplerConfig(**OmegaConf.to_container(OmegaConf.load(defaults / f"{name}.yaml")))
+    for name, cfg in configs.items():
+        before = forward_time()
         timed = TimedDenoiser(denoise)
         started = time.perf_counter()
         result = sample(timed, list(range(batch_size)), seq_len, steps, mask_id, seed=0, sampler=cfg)
         wall = time.perf_counter() - started
+        forward_s = (before + forward_time()) / 2
         nfe = sum(result.nfe) / batch_size
         rows.append({
             "sampler": name, "steps": steps, "nfe": nfe, "ratio": wall / (nfe * forward_s),
