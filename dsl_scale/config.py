@@ -53,8 +53,15 @@ class DataConfig:
     path: str = "data/${data.source}-L${model.seq_len}"
     # When `path` does not exist, rank 0 prepares it from this source first ("" = never prepare).
     source: str = "wikipedia-sample"
+    # Shards to prepare (mds, wds or both) and to read (wds reads webdataset tars; mds and both read MDS).
     format: str = "mds"
     tokenizer: str = "gpt2"
+    # Remote shards: MDS from s3://, gs://, ... (then `path` is the local cache); webdataset from a URL
+    # prefix or a `pipe:` command with a {path} placeholder. "" = everything is under `path`.
+    remote: str = ""
+    workers: int = 0  # data-loader worker processes per rank (batches never depend on it)
+    streams: int = 0  # webdataset only: parallel shard streams per run (0 = auto); see data/wds_reader.py
+    verify_checksums: bool = False  # sha256 every local shard before training (sizes are always checked)
 
 
 @dataclass

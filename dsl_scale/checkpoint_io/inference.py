@@ -1,4 +1,5 @@
-"""A trained checkpoint (saved at any TP × PP layout, ZeRO ≤ 2) as a model for inference in one process."""
+"""A trained checkpoint (saved at any TP × PP × ZeRO layout, or consolidated) as a model for inference in
+one process."""
 
 from __future__ import annotations
 
@@ -33,5 +34,9 @@ def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedM
                       causal=train_cfg.objective.name == "ar", objective=train_cfg.objective,
                       mask_id=tokenizer.mask_id)
     state, which = load_model_weights(tag_dir, weights)
-    model.load_state_dict(state, strict=True)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]  # megatron's, always empty
+    if missing or result.unexpected_keys:
+        raise KeyError(f"{tag_dir}: weights do not fit the model (missing {missing[:5]}, "
+                       f"unexpected {result.unexpected_keys[:5]})")
     return LoadedModel(model.eval(), train_cfg, tokenizer, tag_dir, which)

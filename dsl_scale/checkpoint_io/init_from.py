@@ -13,14 +13,22 @@ CONSOLIDATED = "model.safetensors"
 
 
 def load_full_weights(path: str | Path, weights: str = "auto") -> dict[str, torch.Tensor]:
-    """A consolidated `model.safetensors` (a file, a directory holding one, or a run's `final/`), or one
-    of our DeepSpeed checkpoints saved with ZeRO ≤ 2 at any TP × PP layout (a run or checkpoint directory)."""
-    from safetensors.torch import load_file
+    """A `model.safetensors` (a file, a consolidated directory holding one, or a run's `final/`), a Hugging
+    Face MDLM directory, or one of our training checkpoints at any TP × PP × ZeRO layout (a run or
+    checkpoint directory)."""
+    from dsl_scale.checkpoint_io.consolidated import is_consolidated
+    from dsl_scale.checkpoint_io.hf_mdlm import is_hf_dir, read_hf
+    from dsl_scale.checkpoint_io.safe_load import load_safetensors
 
     path = Path(path)
+    if is_hf_dir(path):
+        return read_hf(path)[0]
+    if is_consolidated(path):  # like a training checkpoint: EMA weights when it has them (weights="auto")
+        state, _ = load_model_weights(path, weights)
+        return state
     for candidate in (path, path / CONSOLIDATED, path / "final" / CONSOLIDATED):
         if candidate.is_file() and candidate.suffix == ".safetensors":
-            return load_file(str(candidate))
+            return load_safetensors(candidate)
     if not path.exists():
         raise FileNotFoundError(f"init_from={path} does not exist")
     state, _ = load_model_weights(resolve_checkpoint(path), weights)

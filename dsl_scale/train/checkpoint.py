@@ -1,5 +1,8 @@
 """Checkpoints that survive a crash: DeepSpeed's sharded state per tag, EMA beside it, and a `latest`
-pointer that rank 0 replaces atomically only after every rank has finished writing."""
+pointer that rank 0 replaces atomically only after every rank has finished writing.
+
+A tag may instead hold a consolidated, layout-free checkpoint (tools/convert_checkpoint.py --to deepspeed):
+the run then resumes from it at its own TP/PP/DP layout (checkpoint_io/reshard.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dsl_scale.checkpoint_io import reshard
+from dsl_scale.checkpoint_io.consolidated import ConsolidatedCheckpoint, is_consolidated
 from dsl_scale.parallel.topology import Topology
 
 LATEST = "latest"
@@ -31,7 +36,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -74,7 +82,7 @@ def save(engine, root: Path, step: int, topo: Topology, client_state: dict, ema_
     if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
         atomic_torch_save(ema_state, root / tag / ema_filename(topo))
     if topo.rank == 0:
-        (root / tag / "meta.json").write_text(json.dumps(
+        atomic_write_text(root / tag / "meta.json", json.dumps(
             {"step": step, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ema_sharded": ema_sharded}
         ))
     dist.barrier()
@@ -92,8 +100,25 @@ def prune(root: Path, keep: int, current: str) -> None:
             shutil.rmtree(root / old, ignore_errors=True)
 
 
+def preload_layout_free(module: torch.nn.Module, root: Path, topo: Topology) -> bool:
+    """Before the engine exists: when `latest` names a layout-free checkpoint, put this rank's slice of its
+    weights into `module` (every ZeRO stage then partitions them itself). True when it did."""
+    tag = read_latest(root)
+    if tag is None or not is_consolidated(root / tag):
+        return False
+    reshard.preload_weights(module, ConsolidatedCheckpoint(root / tag), topo.tp_rank)
+    return True
+
+
 def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool) -> tuple[dict, dict | None]:
     """Restore engine state (weights, optimizer, LR schedule) and return (client_state, ema_state)."""
+    if is_consolidated(root / tag):  # weights are already in place (preload_layout_free)
+        client_state, ema_state, warnings = reshard.restore_engine(
+            engine, ConsolidatedCheckpoint(root / tag), topo.tp_rank, topo.dp_rank, ema_sharded)
+        for warning in warnings:
+            if topo.rank == 0:
+                print(f"[dsl_scale] warning: {warning}", flush=True)
+        return client_state, ema_state
     try:
         path, client_state = engine.load_checkpoint(str(root), tag=tag)
     except Exception as err:  # DeepSpeed raises many kinds; name the checkpoint in every case

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from dsl_scale.checkpoint_io.init_from import load_full_weights, load_into
 from dsl_scale.config import Config, validate
-from dsl_scale.data.loader import GlobalBatches, check_manifest, open_shards
+from dsl_scale.data.batches import StepBatches, open_splits, train_batches
 from dsl_scale.model.factory import build_dit
 from dsl_scale.parallel import cpu_compat, pipeline
 from dsl_scale.parallel import engine as engine_lib
@@ -23,7 +23,7 @@ from dsl_scale.parallel.consolidate import full_state_dict
 from dsl_scale.parallel.engine import build_engine, resolved_precision
 from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
-from dsl_scale.train import checkpoint, seeding
+from dsl_scale.train import checkpoint, preemption, seeding
 from dsl_scale.train.ema import EMA
 from dsl_scale.train.metrics import MetricsWriter
 from dsl_scale.train.objectives import Prepared, build_objective
@@ -34,6 +34,7 @@ class Trainer:
         self.cfg = cfg
         set_cpu_threads()
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        self.stop_signal = preemption.StopSignal()  # SLURM's warning before a time limit or preemption
         cpu_compat.install()
         self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp)
         cpu_compat.seed_parallel_rng(cfg.train.seed, self.topo.tp_rank)
@@ -45,9 +46,7 @@ class Trainer:
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         vocab = self.tokenizer.vocab_size
         self._ensure_data()
-        check_manifest(cfg.data.path, cfg.model.seq_len, cfg.data.tokenizer, vocab)
-        self.train_data = open_shards(cfg.data.path, "train")
-        self.val_data = open_shards(cfg.data.path, "val")
+        self.train_data, self.val_data = open_splits(cfg.data, cfg.model.seq_len, vocab, cfg.train.eval_examples)
 
         self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
@@ -58,6 +57,8 @@ class Trainer:
         self.nll_fn = type(model).token_nll
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()
+        if cfg.train.resume:  # a layout-free checkpoint's weights go in before ZeRO partitions them
+            checkpoint.preload_layout_free(model, self.ckpt_root, self.topo)
         self.engine = build_engine(model, cfg, self.topo)
         self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
         self.ema_sharded = cfg.parallel.zero_stage == 3
@@ -69,7 +70,7 @@ class Trainer:
     def _ensure_data(self) -> None:
         """Prepare the packaged default corpus on first use; an existing directory is only checked."""
         data = self.cfg.data
-        if not os.path.exists(data.path) and data.source:
+        if not os.path.exists(data.path) and data.source and not data.remote:
             if self.topo.rank == 0:
                 from dsl_scale.data.prepare import prepare
 
@@ -100,11 +101,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        tag = checkpoint.read_latest(self.ckpt_root)
+        tag = preemption.agreed_latest(self.ckpt_root)  # rank 0's reading, on every rank
         if tag is None:
             return
         client_state, ema_state = checkpoint.load(self.engine, self.ckpt_root, tag, self.topo, self.ema_sharded)
         self.step = int(client_state["step"])
+        preemption.check_same_step(self.step)
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
         self.metrics.truncate_after(self.step)
@@ -141,7 +143,7 @@ class Trainer:
                                               positions.split(self.cfg.train.micro_batch))
         ]
 
-    def train_step(self, batches: GlobalBatches) -> dict:
+    def train_step(self, batches: StepBatches) -> dict:
         t = self.cfg.train
         self.engine.train()
         local = batches.batch_at(self.step)  # [global_batch / dp, L], this DP rank's slice
@@ -204,12 +206,12 @@ class Trainer:
             f"({self.num_parameters / 1e6:.1f}M params on this rank), {len(self.train_data)} train blocks of "
             f"{cfg.model.seq_len}, global batch {t.global_batch}, steps {self.step} → {t.steps}"
         )
-        batches = GlobalBatches(self.train_data, t.global_batch, self.topo.dp_rank, self.topo.dp,
-                                seed=t.seed, start_step=self.step)
+        batches = train_batches(self.train_data, cfg.data, t.global_batch, self.topo.dp_rank, self.topo.dp, t.seed)
         if self.step == 0:
             self._record_eval()
         deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         tokens_per_step = t.global_batch * cfg.model.seq_len
+        preempted = False
         while self.step < t.steps:
             started = time.perf_counter()
             self.step += 1
@@ -217,20 +219,32 @@ class Trainer:
             record["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
             out_of_time = self._agree(time.monotonic() > deadline)
+            preempted = self.stop_signal.agreed()
             if evaluating or out_of_time:
                 record["val_loss"] = self._record_eval()
             self.metrics.log_step(record)
             if self.step % t.log_every == 0 or self.step == 1:
                 self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in record.items()))
-            if self.step % t.save_every == 0 or self.step == t.steps or out_of_time:
+            if self.step % t.save_every == 0 or self.step == t.steps or out_of_time or preempted:
                 self.save()
+            if preempted:
+                break
             if out_of_time:
                 self.log(f"stopping after {t.max_minutes} minutes at step {self.step}")
                 break
+        self.metrics.close()
+        if preempted and self.step < t.steps:
+            self._exit_for_requeue()
         if t.save_final_weights:
             self.save_final_weights()
-        self.metrics.close()
+
+    def _exit_for_requeue(self) -> None:
+        if self.topo.rank == 0:
+            preemption.mark_for_requeue(self.run_dir, self.step, self.stop_signal.name)
+        self.log(f"{self.stop_signal.name}: checkpoint of step {self.step} saved; exiting with "
+                 f"{preemption.REQUEUE_EXIT_CODE} so that the job is requeued")
+        raise SystemExit(preemption.REQUEUE_EXIT_CODE)
 
     def save_final_weights(self) -> None:
         from safetensors.torch import save_file

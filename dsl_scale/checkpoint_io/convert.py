@@ -1,0 +1,104 @@
+"""Checkpoint conversion between our training layout, the consolidated layout-free format, a resumable
+run at a new layout, and the Hugging Face MDLM format (tools/convert_checkpoint.py is the command line).
+
+Every conversion writes into a temporary directory beside the destination and renames it at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from dsl_scale.checkpoint_io import hf_mdlm
+from dsl_scale.checkpoint_io.consolidated import (
+    ConsolidatedCheckpoint,
+    TensorSource,
+    atomic_directory,
+    is_consolidated,
+    write_consolidated,
+)
+from dsl_scale.checkpoint_io.deepspeed_format import open_checkpoint, resolve_checkpoint
+
+TARGETS = ("consolidated", "deepspeed", "hf-mdlm")
+
+
+def open_source(path: str | Path, seq_len: int = 1024):
+    """Our training checkpoint (run, checkpoints/ or tag directory), a consolidated directory, a Hugging
+    Face MDLM directory, or the MDLM reference code's Lightning checkpoint file (.ckpt)."""
+    path = Path(path)
+    if path.is_file():
+        weights, ema, config = hf_mdlm.read_lightning(path, seq_len=seq_len)
+        return TensorSource({"model": weights, **({"ema": ema} if ema is not None else {})}, config)
+    if hf_mdlm.is_hf_dir(path):
+        weights, config = hf_mdlm.read_hf(path)
+        return TensorSource({"model": weights}, config)
+    if is_consolidated(path):
+        return ConsolidatedCheckpoint(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    return open_checkpoint(resolve_checkpoint(path))
+
+
+def check_layout(config: dict, tp: int, pp: int, vocab_size: int) -> None:
+    model = config["model"]
+    problems = []
+    if tp < 1 or pp < 1:
+        problems.append(f"--tp {tp} --pp {pp} must be at least 1")
+    if model["n_heads"] % tp:
+        problems.append(f"model.n_heads={model['n_heads']} is not divisible by --tp {tp}")
+    if vocab_size % tp:
+        problems.append(f"the vocabulary ({vocab_size}) is not divisible by --tp {tp}")
+    if model["n_blocks"] % pp:
+        problems.append(f"model.n_blocks={model['n_blocks']} is not divisible by --pp {pp}")
+    if pp > 1 and model["cond_dim"] > model["hidden"]:
+        problems.append(f"model.cond_dim={model['cond_dim']} > model.hidden={model['hidden']} cannot use --pp > 1")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def convert(src: str | Path, dst: str | Path, to: str, tp: int | None = None, pp: int | None = None,
+            ema: bool = False, dtype: str = "fp32", optimizer: bool = True, seq_len: int = 1024) -> dict:
+    """Returns a summary: {"to", "dst", "step", "written", "warnings"}."""
+    if to not in TARGETS:
+        raise ValueError(f"--to {to!r} must be one of {', '.join(TARGETS)}")
+    source = open_source(src, seq_len)
+    warnings = []
+    if optimizer and not source.has_optimizer and to != "hf-mdlm":
+        warnings.append(f"{src} holds no optimizer state: a resumed run restarts AdamW's moments from zero")
+    if to == "deepspeed" and not optimizer and source.has_optimizer:
+        warnings.append("--no-optimizer: the optimizer state is dropped; a resumed run restarts AdamW's moments "
+                        "from zero, so its loss curve will not continue exactly")
+    dst = Path(dst)
+    with atomic_directory(dst) as tmp:
+        if to == "consolidated":
+            written = write_consolidated(source, tmp, dtype, optimizer)
+        elif to == "deepspeed":
+            written = _write_resumable(source, tmp, tp or 1, pp or 1, dtype, optimizer)
+        else:
+            weights = source.full("model")
+            if ema:
+                if "ema" not in source.available():
+                    raise FileNotFoundError(f"--ema, but {src} holds no EMA weights")
+                weights.update(source.full("ema"))
+            hf_mdlm.write_hf(weights, source.config, tmp, dtype)
+            written = ["ema" if ema else "model"]
+    return {"to": to, "dst": str(dst), "step": source.step, "written": written, "warnings": warnings}
+
+
+def _write_resumable(source, out: Path, tp: int, pp: int, dtype: str, optimizer: bool) -> list[str]:
+    """A run directory whose `checkpoints/latest` names a layout-free tag: `pretrain.py run_dir=OUT
+    parallel.tp=… parallel.pp=…` resumes from it at that (or any valid) layout."""
+    from dsl_scale.train.checkpoint import LATEST, tag_for
+
+    config = copy.deepcopy(source.config)
+    vocab = source.full("model")["vocab_embed.weight"].shape[0]
+    check_layout(config, tp, pp, vocab)
+    config.setdefault("parallel", {}).update(tp=tp, pp=pp)
+    tag = tag_for(source.step)
+    tag_dir = out / "checkpoints" / tag
+    tag_dir.mkdir(parents=True)
+    written = write_consolidated(source, tag_dir, dtype, optimizer, config=config)
+    (tag_dir / "meta.json").write_text(json.dumps({"step": source.step, "format": "layout_free", "tp": tp, "pp": pp}))
+    (out / "checkpoints" / LATEST).write_text(tag)
+    return written
