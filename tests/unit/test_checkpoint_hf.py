@@ -6,7 +6,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,8 +16,9 @@ from dsl_scale.checkpoint_io.init_from import load_full_weights
 from dsl_scale.config import Config, ModelConfig, ObjectiveConfig
 from dsl_scale.model.factory import build_dit
 
-REFERENCE = json.loads((Path(__file__).resolve().parents[3] / "shared" / "reference" / "mdlm_owt_small.json")
-                       .read_text()) if (Path(__file__).resolve().parents[3] / "shared").exists() else None
+# A copy of ../shared/reference/mdlm_owt_small.json: the key names, shapes and config of the Hugging Face MDLM
+# checkpoint kuleshov-group/mdlm-owt.
+REFERENCE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "mdlm_owt_small.json").read_text())
 VOCAB = 50258
 SMALL = ModelConfig(name="small", hidden=768, n_blocks=12, n_heads=12, cond_dim=128, seq_len=1024)
 MICRO = ModelConfig(name="micro", hidden=32, n_blocks=2, n_heads=2, cond_dim=16, seq_len=32)
@@ -57,7 +57,6 @@ def test_qkv_reorder_puts_all_queries_then_keys_then_values():
     assert torch.equal(qkv_from_hf(hf, heads), ours)
 
 
-@pytest.mark.skipif(REFERENCE is None, reason="needs ../shared/reference/mdlm_owt_small.json")
 def test_small_export_has_mdlm_keys_shapes_config_and_loads_in_transformers(process_group, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = random_model(SMALL)
