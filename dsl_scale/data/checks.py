@@ -90,15 +90,17 @@ def check_manifest(
 
 
 def check_shard_file(shard_file: str, shard: dict[str, Any], manifest_file: str, verify_checksum: bool) -> None:
-    if not os.path.isfile(shard_file):
-        raise FileNotFoundError(f"shard file {shard_file} listed in {manifest_file} is missing")
-    size = os.path.getsize(shard_file)
-    if size != shard["bytes"]:
-        raise ValueError(
-            f"shard file {shard_file} is truncated or damaged: {size} bytes, {manifest_file} says {shard['bytes']}"
-        )
+    _check_size(shard_file, shard["bytes"], manifest_file)
     if verify_checksum and file_sha256(shard_file) != shard["sha256"]:
         raise ValueError(f"shard file {shard_file} is damaged: its sha256 differs from {manifest_file}")
+
+
+def _check_size(shard_file: str, expected: int, listed_in: str) -> None:
+    if not os.path.isfile(shard_file):
+        raise FileNotFoundError(f"shard file {shard_file} listed in {listed_in} is missing")
+    size = os.path.getsize(shard_file)
+    if size != expected:
+        raise ValueError(f"shard file {shard_file} is truncated or damaged: {size} bytes, {listed_in} says {expected}")
 
 
 def _check_mds_index(path: str, split: str, blocks: int, seq_len: int) -> None:
@@ -110,14 +112,7 @@ def _check_mds_index(path: str, split: str, blocks: int, seq_len: int) -> None:
     samples = 0
     for shard in shards:
         info = shard["raw_data"]
-        shard_file = os.path.join(path, split, info["basename"])
-        if not os.path.isfile(shard_file):
-            raise FileNotFoundError(f"shard file {shard_file} listed in {index_file} is missing")
-        size = os.path.getsize(shard_file)
-        if size != info["bytes"]:
-            raise ValueError(
-                f"shard file {shard_file} is truncated or damaged: {size} bytes, index says {info['bytes']}"
-            )
+        _check_size(os.path.join(path, split, info["basename"]), info["bytes"], index_file)
         if shard.get("column_encodings") != [f"ndarray:int32:{seq_len}"]:
             raise ValueError(f"{index_file}: unexpected column encodings {shard.get('column_encodings')}")
         samples += shard["samples"]

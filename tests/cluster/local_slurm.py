@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from dsl_scale.parallel.topology import free_port
+from tests.cluster import apt
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "scontrol", "munged")
@@ -62,21 +63,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def missing_binaries() -> list[str]:
-    return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    return apt.missing(BINARIES)
 
 
 def ensure_installed() -> None:
     """apt-get install the Debian packages when a binary is missing; RuntimeError (with apt's words) on failure."""
-    if not missing_binaries():
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"SLURM binaries {missing_binaries()} are missing and apt-get is not usable here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr[-2000:]}")
+    apt.ensure_packages(BINARIES, PACKAGES)
 
 
 def _sbin(name: str) -> str:

@@ -6,7 +6,6 @@ and removed again by `stop`."""
 from __future__ import annotations
 
 import getpass
-import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 from dsl_scale.parallel.topology import free_port
+from tests.cluster import apt
 
 PACKAGES = ("openssh-server", "openssh-client", "pdsh")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -21,16 +21,7 @@ PRIVSEP_DIR = Path("/run/sshd")
 
 def ensure_installed() -> None:
     """apt-get install sshd, ssh and pdsh when missing; RuntimeError (with apt's words) when that fails."""
-    if all(shutil.which(b) or Path("/usr/sbin", b).exists() for b in ("sshd", "ssh", "pdsh", "ssh-keygen")):
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("sshd/ssh/pdsh are missing and apt-get is not usable here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr[-2000:]}")
+    apt.ensure_packages(("sshd", "ssh", "pdsh", "ssh-keygen"), PACKAGES)
 
 
 class LoopbackSSH:
