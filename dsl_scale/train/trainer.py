@@ -60,6 +60,7 @@ class Trainer:
         if cfg.train.resume:  # a layout-free checkpoint's weights go in before ZeRO partitions them
             checkpoint.preload_layout_free(model, self.ckpt_root, self.topo)
         self.engine = build_engine(model, cfg, self.topo)
+        engine_lib.skip_single_replica_allreduce(self.engine, self.topo.dp, cfg.parallel.zero_stage)
         self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
         self.ema_sharded = cfg.parallel.zero_stage == 3
         self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
