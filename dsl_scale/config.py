@@ -145,12 +145,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             f"world size {world_size} is not divisible by parallel.tp × parallel.pp = "
             f"{cfg.parallel.tp} × {cfg.parallel.pp}"
         )
-    if cfg.parallel.pp > 1 and cfg.parallel.zero_stage > 1:
-        raise ValueError(
-            f"parallel.zero_stage={cfg.parallel.zero_stage} with parallel.pp={cfg.parallel.pp}: ZeRO-2/3 reduce "
-            "and gather parameters inside DeepSpeed's own backward/forward, which a pipeline schedule bypasses "
-            "(DeepSpeed's pipeline engine refuses them too); use ZeRO-0 or ZeRO-1 with pipeline parallelism"
-        )
     if cfg.parallel.sequence_parallel and (cfg.parallel.tp < 2 or cfg.parallel.pp > 1):
         raise ValueError("parallel.sequence_parallel=true needs parallel.tp > 1 and (for now) parallel.pp=1")
     if cfg.parallel.sequence_parallel and cfg.model.seq_len % cfg.parallel.tp:

@@ -72,6 +72,10 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
     import deepspeed
 
     mark_norm_owners(model, topo.tp_rank)
+    if topo.pp > 1 and cfg.parallel.zero_stage == 3:
+        from dsl_scale.parallel.pipeline import zero3_checks_within_stage
+
+        zero3_checks_within_stage()
     if cfg.parallel.sequence_parallel:
         sum_sequence_parallel_grads(model)
     engine, _, _, _ = deepspeed.initialize(

@@ -1,10 +1,18 @@
 """Pipeline parallelism: megatron-core's 1F1B schedule driving one DiT stage per PP rank.
 
-The schedule runs forward and backward for every micro-batch itself (plain autograd, loss scaled by
-1 / micro-batches), so DeepSpeed sees one micro-step per global step: gradients accumulate in
-`param.grad`, then `finish_step` does DeepSpeed's data-parallel reduction and optimizer step.
-DeepSpeed's ZeRO-2/3 reduce or gather inside its own backward and forward hooks, which this schedule
-bypasses: they are refused with PP > 1, as DeepSpeed's own pipeline engine refuses them.
+The schedule runs forward and backward for every micro-batch itself (loss scaled by 1 / micro-batches),
+so DeepSpeed is configured for one micro-step per global step (gradient_accumulation_steps=1).
+- ZeRO-0/1: plain autograd on the stage module; gradients accumulate in `param.grad`, then `finish_step`
+  does DeepSpeed's data-parallel reduction before the optimizer step.
+- ZeRO-2/3 reduce (and for 3, gather) inside hooks with per-backward bookkeeping, so each micro-batch goes
+  through the engine's forward, whose output hooks run DeepSpeed's backward prologue and epilogue around
+  every backward the schedule starts (each micro-batch's reduction adds into the partitioned gradients).
+  Two things the engine would otherwise take from its own loop are set right before each backward (see
+  `_BeforeBackward`): the accumulation boundary (only the last micro-batch's backward ends the step)
+  and the per-backward reset of ZeRO's hook state (and ZeRO-3's micro-step count, copy-or-add), which
+  `engine.forward` does, but 1F1B's cooldown runs several backwards with no forward in between (without
+  the reset, the second one's epilogue never runs and ZeRO-3's step fails on unreduced gradients).
+- ZeRO-3's module-trace check broadcasts over the whole world: see `zero3_checks_within_stage`.
 """
 
 from __future__ import annotations
@@ -33,21 +41,86 @@ class _Stage:
         self.module.set_input_tensor(tensor)
 
 
-def run_schedule(module: torch.nn.Module, micro_batches: list[Prepared], loss_fn: Callable,
+class _BeforeBackward(torch.autograd.Function):
+    """Identity (a copy) on what a stage's backward starts from, the loss on the last stage and the output
+    elsewhere, whose backward calls `prepare` before any gradient reaches the stage."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, prepare: Callable[[], None]) -> torch.Tensor:
+        ctx.prepare = prepare
+        return tensor.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.prepare()
+        return grad, None
+
+
+def _backward_preparer(engine, num_microbatches: int) -> Callable[[], None]:
+    started = 0
+
+    def prepare() -> None:
+        nonlocal started
+        started += 1
+        engine.optimizer.clear_backward_seen_flag()
+        engine.set_gradient_accumulation_boundary(started == num_microbatches)
+
+    return prepare
+
+
+def zero3_checks_within_stage() -> None:
+    """ZeRO-3 checks that its recorded module order agrees with global rank 0's, by broadcasts over the
+    whole world. Pipeline stages run different modules, and the broadcast, started by each stage at its
+    own time, deadlocks against the pipeline's p2p transfers; the check is made over the data-parallel
+    group instead (the replicas of this stage, which run the same modules in the same order)."""
+    from deepspeed.runtime.zero import partitioned_param_coordinator
+
+    partitioned_param_coordinator.assert_ints_same_as_other_ranks = _same_across_stage_replicas
+
+
+def _same_across_stage_replicas(ints: list[int]) -> None:
+    group = ps.get_data_parallel_group()
+    if dist.get_world_size(group) == 1:
+        return
+    values = torch.tensor([len(ints), *ints], dtype=torch.long)
+    length = torch.tensor([len(ints), -len(ints)], dtype=torch.long)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX, group=group)
+    if int(length[0]) != -int(length[1]):
+        raise RuntimeError(f"ZeRO-3 module trace lengths differ between data-parallel replicas: {len(ints)} here")
+    extremes = torch.stack([values, -values])
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=group)
+    if not torch.equal(extremes[0], -extremes[1]):
+        raise RuntimeError("ZeRO-3 module traces differ between data-parallel replicas of a pipeline stage")
+
+
+def through_engine(engine) -> bool:
+    """Whether training micro-batches go through the engine (ZeRO-2/3: gradients partitioned in hooks)."""
+    return bool(engine.zero_optimization_partition_gradients())
+
+
+def run_schedule(engine, micro_batches: list[Prepared], loss_fn: Callable,
                  forward_only: bool) -> list[torch.Tensor]:
     """Forward (and backward unless `forward_only`) over the micro-batches; returns the per-micro-batch
     losses on the last stage, an empty list elsewhere."""
+    module = engine.module
+    hooked = not forward_only and through_engine(engine)
+    call = engine if hooked else module
+    prepare = _backward_preparer(engine, len(micro_batches)) if hooked else None
 
     def forward_step(data_iterator, stage):
         batch = next(data_iterator)
         if module.pre_process:
-            output = module(batch.inputs, batch.sigma, **batch.model_kwargs)
+            output = call(batch.inputs, batch.sigma, **batch.model_kwargs)
         else:
-            output = module(None, batch.sigma)
+            output = call(None, batch.sigma)
+        if prepare is not None and not module.post_process:
+            output = _BeforeBackward.apply(output, prepare)
         return output, partial(loss_of, batch)
 
     def loss_of(batch, logits):
         loss = loss_fn(logits, batch)
+        if prepare is not None:
+            loss = _BeforeBackward.apply(loss, prepare)
         return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
 
     first = micro_batches[0].inputs
@@ -71,5 +144,7 @@ def last_stage_mean(losses: list[torch.Tensor]) -> torch.Tensor:
 
 
 def finish_step(engine) -> None:
-    """DeepSpeed's data-parallel gradient reduction for gradients computed outside engine.backward."""
-    engine.allreduce_gradients()
+    """DeepSpeed's data-parallel gradient reduction for gradients computed outside engine.backward
+    (ZeRO-2/3 reduced each micro-batch's gradients in their backward epilogues already)."""
+    if not through_engine(engine):
+        engine.allreduce_gradients()

@@ -153,7 +153,7 @@ class Trainer:
         lr = self.engine.get_lr()[0]
         if self.topo.pp > 1:
             torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, self.topo.dp_rank))
-            losses = pipeline.run_schedule(self.engine.module, micro_batches, self._loss_fn, forward_only=False)
+            losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=False)
             loss = pipeline.last_stage_mean(losses)
             pipeline.finish_step(self.engine)
             grad_norm = engine_lib.step(self.engine, self.topo.tp_rank)
@@ -193,7 +193,7 @@ class Trainer:
                               for i in range(first, first + per_rank)])
         micro_batches = self._micro_batches(tokens, first, 0, n, seeding.EVAL_STREAM)
         if self.topo.pp > 1:
-            losses = pipeline.run_schedule(self.engine.module, micro_batches, self._loss_fn, forward_only=True)
+            losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=True)
             return self._dp_mean(pipeline.last_stage_mean(losses))
         sizes = torch.tensor([len(b.inputs) for b in micro_batches], dtype=torch.float64)
         losses = torch.stack([self._forward_loss(b).double() for b in micro_batches])

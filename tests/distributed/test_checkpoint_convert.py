@@ -1,8 +1,7 @@
 """Checkpoint conversion on real multi-process runs: consolidation from sharded layouts gives the model
 the run trained, and a run resumed at another layout from a converted checkpoint continues the loss curve.
 
-ZeRO-2/3 with PP > 1 is refused by the trainer (DeepSpeed's limitation, see config.validate), so the
-strongest layouts are covered: TP2·PP2·ZeRO-1 by default, TP2·DP2·ZeRO-3 in the slow suite.
+Covered: TP2·PP2·ZeRO-1 by default; TP2·PP2·ZeRO-3 and TP2·DP2·ZeRO-3 in the slow suite.
 """
 
 from __future__ import annotations
@@ -101,6 +100,15 @@ def test_tp2_pp2_zero1_consolidates_and_resumes_at_tp2_pp1(process_group, wiki_s
         "parallel.tp": 2, "parallel.zero_stage": 1}))
     assert "resumed from" in result.stdout
     check_resumed_curve(tp2_pp2_run, tmp_path / "resumed", after=3)
+
+
+@pytest.mark.slow
+def test_tp2_pp2_zero3_consolidates_to_the_run_model(process_group, wiki_shards, tmp_path):
+    """ZeRO-3 under pipeline stages: each stage's fp32 partitions and EMA shards, merged over TP and PP."""
+    run_dir = tmp_path / "tp2pp2z3"
+    run("torchrun", "pretrain.py", 4, overrides(wiki_shards, run_dir, **{"parallel.tp": 2, "parallel.pp": 2,
+                                                                         "parallel.zero_stage": 3}))
+    check_consolidation(run_dir, tmp_path / "consolidated")
 
 
 @pytest.mark.slow

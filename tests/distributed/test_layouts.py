@@ -18,11 +18,11 @@ COMMON = {
     "train.save_final_weights": True,
 }
 # (ranks, tp, pp, zero): the default run covers each mechanism once; `slow` covers the whole grid
-# that DeepSpeed supports within 4 processes (ZeRO-2/3 with PP > 1 is refused, see config.validate).
+# of layouts within 4 processes.
 FAST = [(2, 2, 1, 0), (2, 1, 2, 1), (2, 1, 1, 3), (4, 2, 2, 1)]
 FULL = [
     (2, 1, 1, 0), (2, 1, 1, 1), (2, 1, 1, 2), (2, 2, 1, 1), (4, 2, 1, 1), (4, 2, 1, 2), (4, 2, 1, 3),
-    (2, 1, 2, 0), (4, 1, 2, 0), (4, 1, 2, 1), (4, 2, 2, 0),
+    (2, 1, 2, 0), (4, 1, 2, 0), (4, 1, 2, 1), (4, 2, 2, 0), (2, 1, 2, 2), (2, 1, 2, 3), (4, 2, 2, 3),
 ]
 
 
