@@ -37,6 +37,14 @@ def _flat_state(optim: dict) -> tuple[list[torch.Tensor], list[dict]]:
     return list(groups), [base.get(g, {}) for g in range(len(groups))]
 
 
+def _shapes_of(model_states: dict) -> dict[str, torch.Size]:
+    """Parameter name → full shape, from a DeepSpeed model-states file's `param_shapes` (one dict per group)."""
+    shapes: dict = {}
+    for group in model_states["param_shapes"]:
+        shapes.update(group)
+    return shapes
+
+
 class TrainingCheckpoint:
     def __init__(self, tag_dir: str | Path):
         self.dir = Path(tag_dir)
@@ -145,16 +153,11 @@ class TrainingCheckpoint:
 
     def _param_shapes(self, mp: int) -> dict[str, torch.Size]:
         file = self._z3_model_name(0, mp) if self.zero3 else self._model_name(mp)
-        shapes: dict = {}
-        for group in torch_load(self.dir / file)["param_shapes"]:
-            shapes.update(group)
-        return shapes
+        return _shapes_of(torch_load(self.dir / file))
 
     def _zero3_tensors(self, mp: int, kind: str) -> dict[str, torch.Tensor]:
         states = torch_load(self.dir / self._z3_model_name(0, mp))
-        shapes: dict = {}
-        for group in states["param_shapes"]:
-            shapes.update(group)
+        shapes = _shapes_of(states)
         flats = []
         for d in range(self.dp):
             weights, moments = _flat_state(torch_load(self.dir / self._optim_name(d, mp)))
@@ -167,8 +170,9 @@ class TrainingCheckpoint:
             out[name] = _unpartition([f[offset:offset + size] for f in flats], shape)
             offset += size
         if kind == "model":  # buffers (rotary frequencies, DSL keys) are saved whole
-            out.update({k: v.float() for k, v in states["module"].items() if torch.is_tensor(v) and v.numel()
-                        and k in set(states.get("buffer_names") or [])})
+            buffers = set(states.get("buffer_names") or [])
+            out.update({k: v.float() for k, v in states["module"].items()
+                        if torch.is_tensor(v) and v.numel() and k in buffers})
         return out
 
     def _zero12_moments(self, mp: int, kind: str) -> dict[str, torch.Tensor]:

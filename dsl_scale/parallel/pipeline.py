@@ -145,6 +145,7 @@ def last_stage_mean(losses: list[torch.Tensor]) -> torch.Tensor:
 
 def finish_step(engine) -> None:
     """DeepSpeed's data-parallel gradient reduction for gradients computed outside engine.backward
-    (ZeRO-2/3 reduced each micro-batch's gradients in their backward epilogues already)."""
-    if not through_engine(engine):
+    (ZeRO-2/3 reduced each micro-batch's gradients in their backward epilogues already; with one replica
+    and ZeRO-0 there is nothing to reduce, see engine.skip_single_replica_allreduce)."""
+    if engine.enable_backward_allreduce and not through_engine(engine):
         engine.allreduce_gradients()
