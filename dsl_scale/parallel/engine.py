@@ -16,6 +16,12 @@ def resolved_precision(precision: str) -> str:
     return precision
 
 
+def deepspeed_clips(cfg: Config) -> bool:
+    """ZeRO and bf16 optimizers clip with the norm they report; DeepSpeed's plain fp32 path computes a norm it
+    does not keep, so there `step` computes the norm once and clips itself."""
+    return cfg.parallel.zero_stage > 0 or resolved_precision(cfg.train.precision) != "fp32"
+
+
 def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
     t, o = cfg.train, cfg.optim
     accumulation = t.global_batch // (t.micro_batch * topo.dp)
@@ -25,7 +31,7 @@ def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
         "train_batch_size": t.global_batch,
         "train_micro_batch_size_per_gpu": t.global_batch // (topo.dp * accumulation),
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": o.grad_clip,
+        "gradient_clipping": o.grad_clip if deepspeed_clips(cfg) else 0.0,
         "optimizer": {
             "type": "AdamW",
             # torch_adam: torch's AdamW instead of DeepSpeed's fused CPU Adam (a 2-minute compile on CPU).
@@ -130,16 +136,27 @@ def skip_single_replica_allreduce(engine, dp: int, zero_stage: int) -> None:
         engine.enable_backward_allreduce = False
 
 
-def step(engine, tp_rank: int = 0) -> float | None:
+def clip_gradients(module: torch.nn.Module, norm: float, max_norm: float) -> None:
+    """Scale every gradient by max_norm / norm when the norm exceeds max_norm (DeepSpeed's and torch's rule:
+    coefficient max_norm / (norm + 1e-6)); gradients within the bound are left untouched."""
+    coefficient = max_norm / (norm + 1e-6)
+    if max_norm > 0 and coefficient < 1.0:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, coefficient)
+
+
+def step(engine, tp_rank: int, max_norm: float) -> float | None:
     """engine.step(), returning the pre-clipping gradient norm when this micro-step ended a global step.
 
-    DeepSpeed reports the norm itself under ZeRO and bf16; its plain fp32 path clips without keeping
-    the value, so it is computed here (over the model-parallel group, like DeepSpeed does) first.
+    DeepSpeed reports the norm itself under ZeRO and bf16 and clips there (`deepspeed_clips`); on its plain
+    fp32 path the norm is computed here (over the model-parallel group, like DeepSpeed does) and the
+    gradients are clipped to `max_norm` before the optimizer step.
     """
     boundary = engine.is_gradient_accumulation_boundary()
     norm = None
     if boundary and not (engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled()):
         norm = grad_norm(engine.module, tp_rank)
+        clip_gradients(engine.module, norm, max_norm)
     engine.step()
     if boundary and norm is None:
         reported = engine.get_global_grad_norm()

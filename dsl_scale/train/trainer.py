@@ -156,7 +156,7 @@ class Trainer:
             losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=False)
             loss = pipeline.last_stage_mean(losses)
             pipeline.finish_step(self.engine)
-            grad_norm = engine_lib.step(self.engine, self.topo.tp_rank)
+            grad_norm = engine_lib.step(self.engine, self.topo.tp_rank, self.cfg.optim.grad_clip)
         else:
             losses, grad_norm = [], None
             for micro, batch in enumerate(micro_batches):
@@ -164,7 +164,7 @@ class Trainer:
                                                       self.topo.dp_rank))
                 micro_loss = self._forward_loss(batch)
                 self.engine.backward(micro_loss)
-                grad_norm = engine_lib.step(self.engine, self.topo.tp_rank)
+                grad_norm = engine_lib.step(self.engine, self.topo.tp_rank, self.cfg.optim.grad_clip)
                 losses.append(micro_loss.detach())
             loss = torch.stack(losses).mean()
         if self.ema is not None:

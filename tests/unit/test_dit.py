@@ -129,6 +129,28 @@ def test_grad_norm_counts_every_parameter_once(process_group):
     assert grad_norm(model, tp_rank=0) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])
+def test_clip_gradients_follows_torch(process_group, max_norm):
+    from dsl_scale.parallel.engine import clip_gradients, grad_norm
+
+    torch.manual_seed(0)
+    ours, reference = randomised(DiT(CFG)), randomised(DiT(CFG))
+    reference.load_state_dict(ours.state_dict())
+    tokens = torch.randint(0, CFG.vocab_size, (2, 8))
+    for model in (ours, reference):
+        DiT.token_nll(model(tokens), tokens).mean().backward()
+    expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+    norm = grad_norm(ours, tp_rank=0)
+    clip_gradients(ours, norm, max_norm)
+    assert norm == pytest.approx(float(expected), rel=1e-6)
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0, msg=name)
+    if max_norm > norm:
+        assert grad_norm(ours, tp_rank=0) == pytest.approx(norm, rel=1e-9)  # left untouched
+    else:
+        assert grad_norm(ours, tp_rank=0) == pytest.approx(max_norm, rel=1e-5)
+
+
 def test_activation_recomputation_changes_nothing_but_memory(process_group):
     cfg = DiTConfig(**{**CFG.__dict__, "dropout": 0.3})
     results = []
