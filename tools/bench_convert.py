@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsl_scale.checkpoint_io.deepspeed_format import resolve_checkpoint  # noqa: E402
+from dsl_scale.checkpoint.readers import resolve_checkpoint  # noqa: E402
 from dsl_scale.parallel.topology import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def timed_cp(paths: list[Path], work: Path) -> float:
 _CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from dsl_scale.checkpoint_io.convert import convert
+from dsl_scale.checkpoint.convert import convert
 started = time.perf_counter()
 convert({src!r}, {dst!r}, **{kwargs!r})
 seconds = time.perf_counter() - started

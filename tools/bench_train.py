@@ -118,8 +118,8 @@ class PlainLoop:
 
     def step(self, tokens: torch.Tensor) -> float:
         from dsl_scale.diffusion import mdlm
+        from dsl_scale.diffusion.objectives import Prepared
         from dsl_scale.diffusion.schedules import log_linear_sigma
-        from dsl_scale.train.objectives import Prepared
 
         eps = self.objective.eps
         t = torch.rand(tokens.shape[0])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsl_scale.checkpoint_io.convert import TARGETS, convert  # noqa: E402
+from dsl_scale.checkpoint.convert import TARGETS, convert  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsl_scale.checkpoint_io.consolidated import ConsolidatedCheckpoint, TensorSource  # noqa: E402
-from dsl_scale.checkpoint_io.convert import open_source  # noqa: E402
-from dsl_scale.checkpoint_io.hf_mdlm import is_hf_dir  # noqa: E402
-from dsl_scale.checkpoint_io.safe_load import safetensors_metadata  # noqa: E402
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint  # noqa: E402
+from dsl_scale.checkpoint.hf_mdlm import is_hf_dir  # noqa: E402
+from dsl_scale.checkpoint.readers import (
+    TensorSource,  # noqa: E402
+    open_source,  # noqa: E402
+)
+from dsl_scale.checkpoint.safe_load import safetensors_metadata  # noqa: E402
 
 
 def describe(path: str | Path) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dsl_scale.core.files import atomic_open
 from dsl_scale.data.streaming_compat import import_streaming
 
 TOKENS_COLUMN = "tokens"
@@ -155,13 +156,9 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> str:
     """Write JSON through a tmp file + os.replace, so readers never see half a file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

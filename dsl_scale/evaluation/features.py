@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from dsl_scale.core.files import atomic_open
 from dsl_scale.evaluation import ranks
 
 FEATURIZERS = ("minilm", "minilm-mean", "gpt2-large")
@@ -183,7 +184,6 @@ def featurize(texts: list[str], featurizer: Featurizer, cache_dir: str = "") -> 
     features = np.concatenate([p for p in ranks.gather(mine) if p is not None]).astype(np.float32)
     if file is not None and ranks.rank() == 0:
         file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(partial, features)
-        os.replace(partial, file)
+        with atomic_open(file, "wb") as f:
+            np.save(f, features)
     return features, {"key": key, "cache": "miss" if file else "off"}

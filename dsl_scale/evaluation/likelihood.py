@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from dsl_scale.core import seeding
 from dsl_scale.data.loader import open_shards
 from dsl_scale.diffusion import dsl
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
+from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.evaluation import ranks
-from dsl_scale.train import seeding
-from dsl_scale.train.objectives import build_objective
 
 BoundFn = Callable[..., torch.Tensor]  # (tokens [b, L], example positions [b], n examples) → per-token loss
 
@@ -69,7 +69,7 @@ BOUNDS: dict[str, Callable[[Any, int, int], BoundFn]] = {
 def validation_bound(checkpoint: str, shard_dir: str = "", split: str = "val", examples: int = 0,
                      batch_size: int = 16, seed: int = 0, weights: str = "auto") -> dict[str, Any]:
     """Per-token NELBO (a bound on −log p) over the first `examples` blocks of the split (0 = all)."""
-    from dsl_scale.checkpoint_io.inference import load_for_inference
+    from dsl_scale.checkpoint.inference import load_for_inference
     from dsl_scale.parallel.topology import init_process_groups
 
     init_process_groups(1, 1)

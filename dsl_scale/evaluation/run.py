@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from dsl_scale.core.files import atomic_write_text
 from dsl_scale.evaluation import ranks
 from dsl_scale.evaluation.config import EvalConfig, validate_eval_config
 from dsl_scale.evaluation.inputs import Samples, read_samples, reference_tokens, tokenizer_name
@@ -104,9 +104,7 @@ def _mauve(cfg: EvalConfig, samples: Samples, tokenizer) -> dict[str, Any]:
 def write_results(results: dict[str, Any], out: str | Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(results, indent=2, default=str))
-    os.replace(partial, out)
+    atomic_write_text(out, json.dumps(results, indent=2, default=str))
 
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:

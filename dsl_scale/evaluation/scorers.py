@@ -61,7 +61,7 @@ class CheckpointScorer:
     """An AR-objective checkpoint of ours: causal, logits at i predict token i + 1, same vocabulary."""
 
     def __init__(self, path: str, weights: str = "auto"):
-        from dsl_scale.checkpoint_io.inference import load_for_inference
+        from dsl_scale.checkpoint.inference import load_for_inference
         from dsl_scale.parallel.topology import init_process_groups
 
         init_process_groups(1, 1)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dsl_scale.train.seeding import derive_seed
+from dsl_scale.core.seeding import derive_seed
 
 # Modules that reach CUDA through their module-level `torch` name.
 PATCHED_MODULES = (

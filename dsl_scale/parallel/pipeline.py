@@ -26,7 +26,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.enums import ModelType
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from dsl_scale.train.objectives import Prepared
+from dsl_scale.core.batch import Prepared
 
 
 class _Stage:

@@ -53,14 +53,6 @@ class Topology:
     pp_rank: int
     dp_rank: int
 
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp - 1
-
 
 def check_layout(world_size: int, tp: int, pp: int) -> None:
     if tp < 1 or pp < 1:
@@ -152,12 +144,3 @@ class MegatronMPU:
 
     def get_pipeline_model_parallel_world_size(self) -> int:
         return self.ps.get_pipeline_model_parallel_world_size()
-
-
-def destroy_process_groups() -> None:
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
-        dist.destroy_process_group()

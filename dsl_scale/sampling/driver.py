@@ -14,7 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dsl_scale.checkpoint_io.inference import load_for_inference
+from dsl_scale.checkpoint.inference import load_for_inference
 from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.sampling import records
 from dsl_scale.sampling.config import SampleConfig, validate_sample_config

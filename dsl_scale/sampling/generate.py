@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dsl_scale.core.seeding import derive_seed
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
 from dsl_scale.sampling.config import SamplerConfig
 from dsl_scale.sampling.schedules import SCHEDULES, Schedule
 from dsl_scale.sampling.steps import gumbel_max, gumbel_noise, nucleus_rows, transition_groups
-from dsl_scale.train.seeding import derive_seed
 
 SAMPLE_STREAM = 5
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # ids [b, L] → logits [b, L, V]

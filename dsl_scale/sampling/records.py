@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from dsl_scale.core.files import atomic_write_text
+
 IDENTITY_KEYS = ("checkpoint_dir", "weights_loaded", "sampler", "steps", "seed", "top_p", "seq_len",
                  "batch_invariant")
 
@@ -84,11 +86,6 @@ class PartWriter:
 def merge(out: Path) -> list[dict]:
     """Writes OUT sorted by index (atomically) from OUT and the parts; removes the parts."""
     records = [r for _, r in sorted(collect(out).items())]
-    tmp = Path(f"{out}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     shutil.rmtree(parts_dir(out), ignore_errors=True)
     return records

@@ -19,8 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dsl_scale.train.checkpoint import read_latest
-
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 REQUEUE_MARKER = "REQUEUE"
 STOP_SIGNALS = (signal.SIGUSR1,)
@@ -31,10 +29,9 @@ class StopSignal:
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
             for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
         self.received = signum
@@ -49,30 +46,6 @@ class StopSignal:
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def agreed_latest(root: Path) -> str | None:
-    """The checkpoint tag to resume from, as rank 0 reads it, on every rank (None: start from scratch)."""
-    answer = [read_latest(root) if not dist.is_initialized() or dist.get_rank() == 0 else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(answer, src=0)
-    return answer[0]
-
-
-def check_same_step(step: int) -> None:
-    """Every rank must have restored the same step; anything else means mixed checkpoints."""
-    if not dist.is_initialized():
-        return
-    low, high = torch.tensor([float(step)]), torch.tensor([float(step)])
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    if low.item() != high.item():
-        raise RuntimeError(f"ranks resumed from different steps ({int(low.item())} … {int(high.item())})")
 
 
 def mark_for_requeue(run_dir: Path, step: int, signal_name: str) -> None:

@@ -13,20 +13,21 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 
-from dsl_scale.checkpoint_io.init_from import load_full_weights, load_into
+from dsl_scale.checkpoint.manager import Checkpointer
 from dsl_scale.config import Config, validate
+from dsl_scale.core import seeding
+from dsl_scale.core.batch import Prepared
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
+from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.model.factory import build_dit
 from dsl_scale.parallel import cpu_compat, pipeline
 from dsl_scale.parallel import engine as engine_lib
-from dsl_scale.parallel.consolidate import full_state_dict
 from dsl_scale.parallel.engine import build_engine, resolved_precision
 from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
-from dsl_scale.train import checkpoint, preemption, seeding
+from dsl_scale.train import preemption
 from dsl_scale.train.ema import EMA
 from dsl_scale.train.metrics import MetricsWriter
-from dsl_scale.train.objectives import Prepared, build_objective
 
 
 class Trainer:
@@ -39,9 +40,10 @@ class Trainer:
         self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp)
         cpu_compat.seed_parallel_rng(cfg.train.seed, self.topo.tp_rank)
         self.run_dir = Path(cfg.run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(self.run_dir, self.topo, cfg.parallel.zero_stage,
+                                         cfg.train.keep_checkpoints, resume=cfg.train.resume)
         if self.topo.rank == 0:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            self.checkpointer.root.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(OmegaConf.structured(cfg), self.run_dir / "config.yaml")
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         vocab = self.tokenizer.vocab_size
@@ -52,21 +54,18 @@ class Trainer:
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
                           tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
                           mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel)
-        if cfg.init_from and not (cfg.train.resume and checkpoint.read_latest(self.ckpt_root)):
-            self._init_from(model)
+        if cfg.init_from and not self.checkpointer.will_resume():
+            self.log(self.checkpointer.init_from(model, cfg.init_from, getattr(self.objective, "keys", None)))
         self.nll_fn = type(model).token_nll
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()
-        if cfg.train.resume:  # a layout-free checkpoint's weights go in before ZeRO partitions them
-            checkpoint.preload_layout_free(model, self.ckpt_root, self.topo)
+        self.checkpointer.preload(model)  # a layout-free checkpoint's weights go in before ZeRO partitions them
         self.engine = build_engine(model, cfg, self.topo)
         engine_lib.skip_single_replica_allreduce(self.engine, self.topo.dp, cfg.parallel.zero_stage)
         self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
-        self.ema_sharded = cfg.parallel.zero_stage == 3
         self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
         self.step = 0
-        if cfg.train.resume:
-            self._resume()
+        self._resume()
 
     def _ensure_data(self) -> None:
         """Prepare the packaged default corpus on first use; an existing directory is only checked."""
@@ -81,45 +80,20 @@ class Trainer:
                 os.replace(staging, data.path)
             dist.barrier()
 
-    def _init_from(self, model) -> None:
-        """Fine-tuning: weights from another run (fresh optimizer); parameters it lacks keep their
-        initialisation, and the DSL converter is rebuilt from the loaded embedding."""
-        full = load_full_weights(self.cfg.init_from)
-        missing = load_into(model, full, self.topo.tp_rank)
-        converter_new = any(name.startswith("converter.") for name in missing)
-        if converter_new:
-            model.init_converter()
-        elif hasattr(model, "converter") and not torch.equal(model.converter.keys, self.objective.keys):
-            raise ValueError(f"{self.cfg.init_from}: its DSL keys differ from objective.key_dim/key_seed")
-        unexpected = [m for m in missing if not m.startswith("converter.")]
-        if unexpected:
-            raise KeyError(f"{self.cfg.init_from} lacks model tensors: {unexpected[:8]}")
-        counts = torch.tensor([sum(p.numel() for n, p in model.named_parameters() if n in missing
-                                   and (self.topo.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)))])
-        dist.all_reduce(counts, group=ps.get_model_parallel_group())
-        self.log(f"initialised from {self.cfg.init_from}; new parameters: {int(counts)} "
-                 f"({', '.join(sorted({n for n in missing if n in dict(model.named_parameters())})) or 'none'})")
-
     # ----------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        tag = preemption.agreed_latest(self.ckpt_root)  # rank 0's reading, on every rank
-        if tag is None:
+        resumed = self.checkpointer.resume(self.engine)
+        if resumed is None:
             return
-        client_state, ema_state = checkpoint.load(self.engine, self.ckpt_root, tag, self.topo, self.ema_sharded)
-        self.step = int(client_state["step"])
-        preemption.check_same_step(self.step)
+        self.step, ema_state = resumed
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
         self.metrics.truncate_after(self.step)
-        self.log(f"resumed from {self.ckpt_root / tag} at step {self.step}")
+        self.log(f"resumed from {self.checkpointer.root} at step {self.step}")
 
     def save(self) -> None:
-        checkpoint.save(
-            self.engine, self.ckpt_root, self.step, self.topo,
-            client_state={"step": self.step, "config": dataclasses.asdict(self.cfg)},
-            ema_state=self.ema.state_dict() if self.ema else None,
-            ema_sharded=self.ema_sharded, keep=self.cfg.train.keep_checkpoints,
-        )
+        self.checkpointer.save(self.engine, self.step, {"config": dataclasses.asdict(self.cfg)},
+                               self.ema.state_dict() if self.ema else None)
 
     def log(self, message: str) -> None:
         if self.topo.rank == 0:
@@ -248,12 +222,7 @@ class Trainer:
         raise SystemExit(preemption.REQUEUE_EXIT_CODE)
 
     def save_final_weights(self) -> None:
-        from safetensors.torch import save_file
-
-        state = full_state_dict(self.engine.module, self.cfg.parallel.zero_stage)
-        if state is not None:
-            (self.run_dir / "final").mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(self.run_dir / "final" / "model.safetensors"))
+        self.checkpointer.save_final_weights(self.engine.module)
 
     def _record_eval(self) -> float:
         val = self.evaluate()

@@ -79,6 +79,7 @@ def test_submit_rejects_bad_cluster_settings(overrides, problem):
 def _signal_world(rank: int, port: int, roots: list[str], results) -> None:
     import torch.distributed as dist
 
+    from dsl_scale.checkpoint import manager
     from dsl_scale.train import preemption
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -87,13 +88,13 @@ def _signal_world(rank: int, port: int, roots: list[str], results) -> None:
     if rank == 1:  # the signal reaches one node only (or one earlier than the other)
         os.kill(os.getpid(), signal.SIGUSR1)
     after = stop.agreed()
-    tag = preemption.agreed_latest(Path(roots[rank]))
+    tag = manager.agreed_latest(Path(roots[rank]))
     try:
-        preemption.check_same_step(10 + rank)
+        manager.check_same_step(10 + rank)
         mixed = "no error"
     except RuntimeError as err:
         mixed = str(err)
-    preemption.check_same_step(7)
+    manager.check_same_step(7)
     results.put((rank, before, after, stop.name, tag, mixed))
     dist.destroy_process_group()
 

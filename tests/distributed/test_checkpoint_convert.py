@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsl_scale.checkpoint_io.init_from import load_full_weights
+from dsl_scale.checkpoint.init_from import load_full_weights
 from dsl_scale.config import ModelConfig
 from dsl_scale.model.factory import build_dit
 from tests.launching import REPO, env, read_jsonl, run

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsl_scale.checkpoint_io.deepspeed_format import load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.readers import load_model_weights, resolve_checkpoint
 from tests.launching import read_jsonl, run
 
 pytestmark = pytest.mark.distributed

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dsl_scale.checkpoint_io.consolidated import ConsolidatedCheckpoint, TensorSource, atomic_directory
-from dsl_scale.checkpoint_io.consolidated import write_consolidated as write
-from dsl_scale.checkpoint_io.deepspeed_format import load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
+from dsl_scale.checkpoint.consolidated import write_consolidated as write
+from dsl_scale.checkpoint.readers import TensorSource, load_model_weights, resolve_checkpoint
+from dsl_scale.core.files import atomic_directory
 
 
 @pytest.fixture

@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dsl_scale.checkpoint_io.consolidated import TensorSource, atomic_directory, write_consolidated
-from dsl_scale.checkpoint_io.convert import convert
-from dsl_scale.checkpoint_io.hf_mdlm import mdlm_parameter_order, qkv_from_hf, qkv_to_hf, write_hf
-from dsl_scale.checkpoint_io.init_from import load_full_weights
+from dsl_scale.checkpoint.consolidated import write_consolidated
+from dsl_scale.checkpoint.convert import convert
+from dsl_scale.checkpoint.hf_mdlm import mdlm_parameter_order, qkv_from_hf, qkv_to_hf, write_hf
+from dsl_scale.checkpoint.init_from import load_full_weights
+from dsl_scale.checkpoint.readers import TensorSource
 from dsl_scale.config import Config, ModelConfig, ObjectiveConfig
+from dsl_scale.core.files import atomic_directory
 from dsl_scale.model.factory import build_dit
 
 # A copy of ../shared/reference/mdlm_owt_small.json: the key names, shapes and config of the Hugging Face MDLM

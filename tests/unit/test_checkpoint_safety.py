@@ -10,9 +10,11 @@ import sys
 import pytest
 import torch
 
-from dsl_scale.checkpoint_io.consolidated import TensorSource, atomic_directory, write_consolidated
-from dsl_scale.checkpoint_io.convert import convert
-from dsl_scale.checkpoint_io.safe_load import OVERRIDE, torch_load
+from dsl_scale.checkpoint.consolidated import write_consolidated
+from dsl_scale.checkpoint.convert import convert
+from dsl_scale.checkpoint.readers import TensorSource
+from dsl_scale.checkpoint.safe_load import OVERRIDE, torch_load
+from dsl_scale.core.files import atomic_directory
 from tests.launching import REPO, env
 
 

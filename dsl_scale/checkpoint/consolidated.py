@@ -13,16 +13,12 @@ Each kind is read and written on its own, so a conversion holds about one model'
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from dsl_scale.checkpoint_io.safe_load import load_safetensors
+from dsl_scale.checkpoint.safe_load import load_safetensors
 
 FORMAT = "dsl_scale.consolidated"
 CONFIG = "config.json"
@@ -42,7 +38,7 @@ def is_consolidated(path: str | Path) -> bool:
 
 
 class ConsolidatedCheckpoint:
-    """Reads a consolidated directory with the same interface as zero_reader.TrainingCheckpoint."""
+    """Reads a consolidated directory (a `readers.CheckpointReader`)."""
 
     def __init__(self, path: str | Path):
         self.dir = Path(path)
@@ -100,43 +96,6 @@ class ConsolidatedCheckpoint:
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.dir.iterdir() if p.is_file())
-
-
-class TensorSource:
-    """Tensors already in memory (an imported Hugging Face model), with the same interface."""
-
-    def __init__(self, tensors: dict[str, dict[str, torch.Tensor]], config: dict, step: int = 0):
-        self.tensors, self.config, self.step = tensors, config, step
-        self.lr_scheduler = None
-        self.has_optimizer = False
-
-    def available(self) -> list[str]:
-        return list(self.tensors)
-
-    def optimizer_step(self) -> int:
-        return 0
-
-    def full(self, kind: str) -> dict[str, torch.Tensor]:
-        return self.tensors[kind]
-
-
-@contextlib.contextmanager
-def atomic_directory(dst: str | Path) -> Iterator[Path]:
-    """A temporary directory beside `dst`, renamed to `dst` only when the block succeeds; an existing
-    `dst` is never touched."""
-    dst = Path(dst)
-    if dst.exists():
-        raise FileExistsError(f"{dst} already exists; choose a new destination (nothing was written)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from dsl_scale.checkpoint_io.consolidated import ConsolidatedCheckpoint
-from dsl_scale.checkpoint_io.init_from import _shard, load_into
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
+from dsl_scale.checkpoint.init_from import _shard, load_into
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 

@@ -7,7 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsl_scale.checkpoint_io.deepspeed_format import load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.consolidated import is_consolidated
+from dsl_scale.checkpoint.hf_mdlm import is_hf_dir, read_hf
+from dsl_scale.checkpoint.readers import load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.safe_load import load_safetensors
 
 CONSOLIDATED = "model.safetensors"
 
@@ -16,10 +19,6 @@ def load_full_weights(path: str | Path, weights: str = "auto") -> dict[str, torc
     """A `model.safetensors` (a file, a consolidated directory holding one, or a run's `final/`), a Hugging
     Face MDLM directory, or one of our training checkpoints at any TP × PP × ZeRO layout (a run or
     checkpoint directory)."""
-    from dsl_scale.checkpoint_io.consolidated import is_consolidated
-    from dsl_scale.checkpoint_io.hf_mdlm import is_hf_dir, read_hf
-    from dsl_scale.checkpoint_io.safe_load import load_safetensors
-
     path = Path(path)
     if is_hf_dir(path):
         return read_hf(path)[0]

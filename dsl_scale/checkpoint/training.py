@@ -1,69 +1,26 @@
-"""Checkpoints that survive a crash: DeepSpeed's sharded state per tag, EMA beside it, and a `latest`
-pointer that rank 0 replaces atomically only after every rank has finished writing.
+"""The engine's own checkpoints: DeepSpeed's sharded state per tag, EMA beside it, and a `latest` pointer
+that rank 0 replaces atomically only after every rank has finished writing (file names: layout.py).
 
 A tag may instead hold a consolidated, layout-free checkpoint (tools/convert_checkpoint.py --to deepspeed):
-the run then resumes from it at its own TP/PP/DP layout (checkpoint_io/reshard.py)."""
+the run then resumes from it at its own TP/PP/DP layout (reshard.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from dsl_scale.checkpoint_io import reshard
-from dsl_scale.checkpoint_io.consolidated import ConsolidatedCheckpoint, is_consolidated
+from dsl_scale.checkpoint import layout, reshard
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, is_consolidated
+from dsl_scale.core.files import atomic_torch_save, atomic_write_text
 from dsl_scale.parallel.topology import Topology
-
-LATEST = "latest"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def ema_filename(topo: Topology) -> str:
-    return f"ema_tp{topo.tp_rank:02d}_pp{topo.pp_rank:02d}_dp{topo.dp_rank:03d}.pt"
-
-
-def read_latest(root: Path) -> str | None:
-    """The tag `latest` names, or None when there is no checkpoint; an error when it dangles."""
-    pointer = root / LATEST
-    if not pointer.exists():
-        return None
-    tag = pointer.read_text().strip()
-    if not (root / tag).is_dir():
-        raise FileNotFoundError(f"{pointer} names checkpoint {tag!r}, but {root / tag} does not exist")
-    return tag
-
-
-def step_of(tag: str) -> int:
-    return int(tag.split("_")[-1])
-
-
-def partitions_filename(pp_rank: int) -> str:
-    return f"partitions_pp{pp_rank:02d}.json"
+    return layout.ema_name(topo.tp_rank, topo.pp_rank, topo.dp_rank)
 
 
 def tensor_parallel_dims(module: torch.nn.Module) -> dict[str, int]:
@@ -74,27 +31,27 @@ def tensor_parallel_dims(module: torch.nn.Module) -> dict[str, int]:
 
 def save(engine, root: Path, step: int, topo: Topology, client_state: dict, ema_state: dict | None,
          ema_sharded: bool, keep: int) -> Path:
-    tag = tag_for(step)
+    tag = layout.tag_for(step)
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
     if topo.tp_rank == 0 and topo.dp_rank == 0:  # lets readers merge TP shards without building the model
-        atomic_write_text(root / tag / partitions_filename(topo.pp_rank),
+        atomic_write_text(root / tag / layout.partitions_name(topo.pp_rank),
                           json.dumps(tensor_parallel_dims(engine.module)))
     if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
         atomic_torch_save(ema_state, root / tag / ema_filename(topo))
     if topo.rank == 0:
-        atomic_write_text(root / tag / "meta.json", json.dumps(
+        atomic_write_text(root / tag / layout.META, json.dumps(
             {"step": step, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ema_sharded": ema_sharded}
         ))
     dist.barrier()
     if topo.rank == 0:
-        atomic_write_text(root / LATEST, tag)
+        atomic_write_text(root / layout.LATEST, tag)
         prune(root, keep, current=tag)
     dist.barrier()
     return root / tag
 
 
 def prune(root: Path, keep: int, current: str) -> None:
-    tags = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    tags = sorted(p.name for p in root.glob(f"{layout.TAG_PREFIX}*") if p.is_dir())
     for old in tags[: max(len(tags) - keep, 0)]:
         if old != current:
             shutil.rmtree(root / old, ignore_errors=True)
@@ -103,7 +60,7 @@ def prune(root: Path, keep: int, current: str) -> None:
 def preload_layout_free(module: torch.nn.Module, root: Path, topo: Topology) -> bool:
     """Before the engine exists: when `latest` names a layout-free checkpoint, put this rank's slice of its
     weights into `module` (every ZeRO stage then partitions them itself). True when it did."""
-    tag = read_latest(root)
+    tag = layout.read_latest(root)
     if tag is None or not is_consolidated(root / tag):
         return False
     reshard.preload_weights(module, ConsolidatedCheckpoint(root / tag), topo.tp_rank)

@@ -10,34 +10,12 @@ import copy
 import json
 from pathlib import Path
 
-from dsl_scale.checkpoint_io import hf_mdlm
-from dsl_scale.checkpoint_io.consolidated import (
-    ConsolidatedCheckpoint,
-    TensorSource,
-    atomic_directory,
-    is_consolidated,
-    write_consolidated,
-)
-from dsl_scale.checkpoint_io.deepspeed_format import open_checkpoint, resolve_checkpoint
+from dsl_scale.checkpoint import hf_mdlm, layout
+from dsl_scale.checkpoint.consolidated import write_consolidated
+from dsl_scale.checkpoint.readers import open_source
+from dsl_scale.core.files import atomic_directory, atomic_write_text
 
 TARGETS = ("consolidated", "deepspeed", "hf-mdlm")
-
-
-def open_source(path: str | Path, seq_len: int = 1024):
-    """Our training checkpoint (run, checkpoints/ or tag directory), a consolidated directory, a Hugging
-    Face MDLM directory, or the MDLM reference code's Lightning checkpoint file (.ckpt)."""
-    path = Path(path)
-    if path.is_file():
-        weights, ema, config = hf_mdlm.read_lightning(path, seq_len=seq_len)
-        return TensorSource({"model": weights, **({"ema": ema} if ema is not None else {})}, config)
-    if hf_mdlm.is_hf_dir(path):
-        weights, config = hf_mdlm.read_hf(path)
-        return TensorSource({"model": weights}, config)
-    if is_consolidated(path):
-        return ConsolidatedCheckpoint(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return open_checkpoint(resolve_checkpoint(path))
 
 
 def check_layout(config: dict, tp: int, pp: int, vocab_size: int) -> None:
@@ -89,16 +67,15 @@ def convert(src: str | Path, dst: str | Path, to: str, tp: int | None = None, pp
 def _write_resumable(source, out: Path, tp: int, pp: int, dtype: str, optimizer: bool) -> list[str]:
     """A run directory whose `checkpoints/latest` names a layout-free tag: `pretrain.py run_dir=OUT
     parallel.tp=… parallel.pp=…` resumes from it at that (or any valid) layout."""
-    from dsl_scale.train.checkpoint import LATEST, tag_for
-
     config = copy.deepcopy(source.config)
     vocab = source.full("model")["vocab_embed.weight"].shape[0]
     check_layout(config, tp, pp, vocab)
     config.setdefault("parallel", {}).update(tp=tp, pp=pp)
-    tag = tag_for(source.step)
+    tag = layout.tag_for(source.step)
     tag_dir = out / "checkpoints" / tag
     tag_dir.mkdir(parents=True)
     written = write_consolidated(source, tag_dir, dtype, optimizer, config=config)
-    (tag_dir / "meta.json").write_text(json.dumps({"step": source.step, "format": "layout_free", "tp": tp, "pp": pp}))
-    (out / "checkpoints" / LATEST).write_text(tag)
+    atomic_write_text(tag_dir / layout.META,
+                      json.dumps({"step": source.step, "format": "layout_free", "tp": tp, "pp": pp}))
+    atomic_write_text(out / "checkpoints" / layout.LATEST, tag)
     return written

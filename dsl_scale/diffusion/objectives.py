@@ -4,22 +4,12 @@ and `loss` (logits → scalar). The halves meet on different pipeline stages whe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from dsl_scale.core import seeding
+from dsl_scale.core.batch import Prepared
 from dsl_scale.diffusion import dsl, mdlm
 from dsl_scale.diffusion.schedules import antithetic_times, log_linear_sigma
-from dsl_scale.train import seeding
-
-
-@dataclass
-class Prepared:
-    inputs: torch.Tensor  # token ids the model reads, [b, s]
-    targets: torch.Tensor  # [b, s]
-    sigma: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    model_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra model inputs (DSL's z)
 
 
 class MDLMObjective:

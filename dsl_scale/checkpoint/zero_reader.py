@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dsl_scale.checkpoint_io.safe_load import torch_load
+from dsl_scale.checkpoint import layout
+from dsl_scale.checkpoint.safe_load import torch_load
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 KINDS = ("model", "ema", *MOMENTS)
@@ -48,7 +49,7 @@ def _shapes_of(model_states: dict) -> dict[str, torch.Size]:
 class TrainingCheckpoint:
     def __init__(self, tag_dir: str | Path):
         self.dir = Path(tag_dir)
-        meta_file = self.dir / "meta.json"
+        meta_file = self.dir / layout.META
         self.meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"tp": 1, "pp": 1, "dp": 1}
         self.tp, self.pp, self.dp = int(self.meta["tp"]), int(self.meta["pp"]), int(self.meta.get("dp", 1))
         self.zero3 = (self.dir / self._z3_model_name(0, 0)).exists()
@@ -64,21 +65,10 @@ class TrainingCheckpoint:
                            for t in range(self.tp) for s in range(self.pp))
 
     # file names --------------------------------------------------------------------------------------
-    @staticmethod
-    def _model_name(mp: int) -> str:
-        return f"mp_rank_{mp:02d}_model_states.pt"
-
-    @staticmethod
-    def _z3_model_name(dp: int, mp: int) -> str:
-        return f"zero_pp_rank_{dp}_mp_rank_{mp:02d}_model_states.pt"
-
-    @staticmethod
-    def _optim_name(dp: int, mp: int) -> str:
-        return f"zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt"
-
-    @staticmethod
-    def _ema_name(tp_rank: int, pp_rank: int, dp_rank: int) -> str:
-        return f"ema_tp{tp_rank:02d}_pp{pp_rank:02d}_dp{dp_rank:03d}.pt"
+    _model_name = staticmethod(layout.model_states_name)
+    _z3_model_name = staticmethod(layout.zero3_model_states_name)
+    _optim_name = staticmethod(layout.optim_states_name)
+    _ema_name = staticmethod(layout.ema_name)
 
     def _stage_of(self, optim_file: Path) -> int:
         return int(torch_load(optim_file)["optimizer_state_dict"]["zero_stage"])
@@ -121,7 +111,7 @@ class TrainingCheckpoint:
         return merged
 
     def stage(self, stage: int, kind: str) -> dict[str, torch.Tensor]:
-        dims_file = self.dir / f"partitions_pp{stage:02d}.json"
+        dims_file = self.dir / layout.partitions_name(stage)
         dims = json.loads(dims_file.read_text()) if self.tp > 1 else {}
         if self.tp > 1 and not dims_file.exists():
             raise FileNotFoundError(f"{dims_file} is missing: cannot tell how tensor parallelism split the weights")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from dsl_scale.checkpoint_io.consolidated import DTYPES, save_tensors
-from dsl_scale.checkpoint_io.safe_load import load_safetensors, torch_load
+from dsl_scale.checkpoint.consolidated import DTYPES, save_tensors
+from dsl_scale.checkpoint.safe_load import load_safetensors, torch_load
 
 CODE_DIR = Path(__file__).parent / "hf_code"
 CODE_FILES = ("configuration_mdlm.py", "modeling_mdlm.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dsl_scale.checkpoint_io.deepspeed_format import load_model_weights, load_training_config, resolve_checkpoint
+from dsl_scale.checkpoint.readers import load_model_weights, load_training_config, resolve_checkpoint
 from dsl_scale.config import Config
 from dsl_scale.model import DiT
 from dsl_scale.model.factory import build_dit
