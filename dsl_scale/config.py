@@ -6,15 +6,26 @@ key's name before anything runs; `validate` adds the cross-field checks.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+def choice(default: str, *allowed: str) -> Any:
+    """A string field that must be one of `allowed` (checked, with every other such field, by `check_choices`)."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+# --- model --------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ModelConfig:
-    name: str = "tiny"
+class ArchitectureConfig:
+    """The network's shape: declared once here, shared by ModelConfig and model/dit.py's DiTConfig."""
+
     recompute: bool = False  # activation recomputation: keep only block inputs, redo the block in backward
     hidden: int = 512
     n_blocks: int = 8
@@ -23,29 +34,123 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.1
     time_conditioning: bool = False
-    seq_len: int = 128
 
 
 @dataclass
-class ObjectiveConfig:
-    name: str = "mdlm"
+class _Preset:
+    name: str = "tiny"
+
+
+@dataclass
+class ModelConfig(ArchitectureConfig, _Preset):
+    """configs/model/NAME.yaml: what a preset changes of these defaults (`tiny` is the defaults)."""
+
+    seq_len: int = 128
+
+
+# --- objectives: one schema per variant; configs/objective/NAME.yaml picks objective_schema/NAME ------------
+
+OBJECTIVES = ("mdlm", "ar", "dsl")
+
+
+@dataclass
+class ObjectiveSchema:
+    """What every objective has; `objective=NAME` composes the subclass in OBJECTIVE_CONFIGS[NAME]."""
+
+    name: str = choice("mdlm", *OBJECTIVES)
+
+
+@dataclass
+class LogLinearMasking:
+    # MDLM's log-linear schedule: mask probability (1 − eps)·t (DSL: on its exact-MDLM sequences).
     eps: float = 1e-3
-    # DSL (configs/objective/dsl.yaml explains each); ignored by mdlm and ar.
-    key_dim: int = 48
-    key_seed: int = 0
-    beta_init: float = 1.0
+
+
+@dataclass
+class SNRMixtureConfig(LogLinearMasking):
+    """DSL's per-sequence SNR mixture (diffusion/dsl.py SNRSchedule is built on these fields).
+
+    First, with prob mdlm_fraction, exact MDLM masking (s ∈ {0, ∞}, every position on the embedding-table
+    path: the token or [MASK]); otherwise, with prob p_roar, smoothed ROAR, else log-normal per token.
+    mdlm_fraction > 0 trains the inputs the discrete samplers feed. Defaults: the SPEC's (tunable)."""
+
     mdlm_fraction: float = 0.0
     p_roar: float = 0.1
+    # Smoothed ROAR: k ~ U{0..L-1}, a random order; the first k positions "clean" with
+    # s ~ U[roar_clean_low·s_max, s_max], the rest "masked" with s ~ U[0, roar_masked_high).
     s_max: float = 100.0
     roar_clean_low: float = 0.8
     roar_masked_high: float = 1.0
+    # Log-normal: log s ~ N(lognormal_mean, lognormal_std²), then s ≤ s_clamp.
     lognormal_mean: float = 1.69
     lognormal_std: float = 0.9
     s_clamp: float = 40.0
+
+    def validate(self) -> None:
+        if not (0 <= self.p_roar <= 1 and 0 <= self.mdlm_fraction <= 1):
+            raise ValueError(f"objective.p_roar={self.p_roar} and objective.mdlm_fraction={self.mdlm_fraction} "
+                             "must lie in [0, 1]")
+        if not 0 <= self.roar_clean_low <= 1 or self.s_max <= 0:
+            raise ValueError(f"need objective.s_max > 0 and 0 <= objective.roar_clean_low <= 1, got "
+                             f"{self.s_max}, {self.roar_clean_low}")
+        if self.roar_masked_high <= 0 or self.s_clamp <= 0 or self.lognormal_std < 0:
+            raise ValueError("objective.roar_masked_high and objective.s_clamp must be > 0, "
+                             "objective.lognormal_std >= 0")
+
+
+@dataclass
+class ARObjectiveConfig(ObjectiveSchema):
+    """Autoregressive baseline: causal attention, next-token loss (SPEC §2)."""
+
+    name: str = choice("ar", "ar")
+
+
+@dataclass
+class MDLMObjectiveConfig(LogLinearMasking, ObjectiveSchema):
+    """Absorbing-state masked diffusion, log-linear schedule, SUBS, NELBO weight 1/t (SPEC §3)."""
+
+    name: str = choice("mdlm", "mdlm")
+
+
+@dataclass
+class DSLObjectiveConfig(SNRMixtureConfig, MDLMObjectiveConfig):
+    """Discrete Stochastic Localization (SPEC §4): z = s·K_x + √s·ε per position, converter z → input
+    embedding, unweighted cross-entropy over all positions (configs/objective/dsl.yaml)."""
+
+    name: str = choice("dsl", "dsl")
+    # Token keys K [V, key_dim]: seeded (NumPy's frozen legacy stream), unit-norm, frozen, saved in the
+    # checkpoint as the converter's `keys` buffer. Changing key_seed or key_dim makes a different model.
+    key_dim: int = 48  # tunable
+    key_seed: int = 0
+    # Converter p = softmax(beta·z·Kextᵀ + b), h = W·p + c (model/converter.py).
+    beta_init: float = 1.0  # tunable
+    # Likelihood bound (evaluation only): ½∫₀^{s*} mmse(s) ds + CE(x | z_{s*}), trapezoid rule on 0 plus
+    # bound_points - 1 log-spaced SNRs from bound_s_min to s* = bound_s_star, bound_samples noise draws each.
     bound_s_star: float = 100.0
     bound_s_min: float = 1e-3
     bound_points: int = 64
     bound_samples: int = 1
+
+
+OBJECTIVE_CONFIGS: dict[str, type[ObjectiveSchema]] = {
+    "mdlm": MDLMObjectiveConfig, "ar": ARObjectiveConfig, "dsl": DSLObjectiveConfig,
+}
+Objective = MDLMObjectiveConfig | ARObjectiveConfig | DSLObjectiveConfig
+
+
+def ObjectiveConfig(name: str = "mdlm", **fields: Any) -> Objective:  # noqa: N802 (reads like the class it makes)
+    """The config of objective `name` with these fields; a field that objective lacks is a TypeError."""
+    if name not in OBJECTIVE_CONFIGS:
+        raise ValueError(f"objective.name={name!r} is not one of {OBJECTIVES}")
+    cls = OBJECTIVE_CONFIGS[name]
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"objective {name!r} ({cls.__name__}) has no field(s) {unknown}")
+    return cls(**fields)
+
+
+DATA_FORMATS = ("mds", "wds", "both")  # data/writers.py FORMATS has one entry per choice
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -54,7 +159,7 @@ class DataConfig:
     # When `path` does not exist, rank 0 prepares it from this source first ("" = never prepare).
     source: str = "wikipedia-sample"
     # Shards to prepare (mds, wds or both) and to read (wds reads webdataset tars; mds and both read MDS).
-    format: str = "mds"
+    format: str = choice("mds", *DATA_FORMATS)
     tokenizer: str = "gpt2"
     # Remote shards: MDS from s3://, gs://, ... (then `path` is the local cache); webdataset from a URL
     # prefix or a `pipe:` command with a {path} placeholder. "" = everything is under `path`.
@@ -92,7 +197,7 @@ class TrainConfig:
     global_batch: int = 16
     micro_batch: int = 8
     # "auto": bf16 on GPU, fp32 on CPU (bf16 matmuls are ~100x slower than fp32 on CPUs without bf16 units).
-    precision: str = "auto"
+    precision: str = choice("auto", *PRECISIONS)
     ema: float = 0.9999
     seed: int = 0
     log_every: int = 10
@@ -108,7 +213,7 @@ class TrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveSchema = field(default_factory=MDLMObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -117,40 +222,81 @@ class Config:
     init_from: str | None = None
 
 
-OBJECTIVES = ("mdlm", "ar", "dsl")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
 def register_configs() -> None:
-    ConfigStore.instance().store(name="schema", node=Config)
+    """The schema `configs/config.yaml` composes: `objective` is left open for objective_schema/NAME (the
+    schema of the chosen objective, picked by interpolation in config.yaml's defaults list)."""
+    store = ConfigStore.instance()
+    schema = OmegaConf.structured(Config)
+    schema.objective = MISSING
+    store.store(name="schema", node=schema)
+    for name, cls in OBJECTIVE_CONFIGS.items():
+        store.store(group="objective_schema", name=name, node=cls)
+
+
+# --- checks -------------------------------------------------------------------------------------------------
+
+
+def check_choices(node: Any, prefix: str = "") -> None:
+    """Every `choice(...)` field of a config dataclass (and of those inside it) holds an allowed value; a
+    list field, each of its items. Raises ValueError naming the key, the value and the choices."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        allowed = f.metadata.get("choices")
+        if allowed is not None:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not values or any(v not in allowed for v in values):
+                raise ValueError(f"{key}={value!r} is not one of {allowed}")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_choices(value, f"{key}.")
+
+
+def _field(model: Any, key: str) -> Any:
+    return model[key] if isinstance(model, dict) else getattr(model, key)
+
+
+def check_parallel_layout(model: Any = None, vocab_size: int | None = None, tp: int = 1, pp: int = 1,
+                          world_size: int | None = None, sequence_parallel: bool = False) -> None:
+    """The one check that a tensor × pipeline layout fits a model (any object or dict with ModelConfig's
+    fields; None: not checked), a vocabulary (None: not checked) and a world size (None: not checked).
+    Raises ValueError listing every problem, each naming the keys involved."""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"parallel.tp={tp} and parallel.pp={pp} must be >= 1")
+    problems = []
+    if world_size is not None and world_size % (tp * pp):
+        problems.append(f"world size {world_size} is not divisible by parallel.tp × parallel.pp = {tp} × {pp}")
+    if model is not None:
+        hidden, n_heads, n_blocks, cond_dim = (_field(model, k) for k in ("hidden", "n_heads", "n_blocks", "cond_dim"))
+        if n_heads % tp:
+            problems.append(f"model.n_heads={n_heads} is not divisible by parallel.tp={tp}")
+        if n_blocks % pp:
+            problems.append(f"model.n_blocks={n_blocks} is not divisible by parallel.pp={pp}")
+        if pp > 1 and cond_dim > hidden:
+            problems.append(f"model.cond_dim={cond_dim} > model.hidden={hidden}: the conditioning row cannot "
+                            "travel with the activations between pipeline stages (parallel.pp > 1)")
+    if vocab_size is not None and vocab_size % tp:
+        problems.append(f"vocab size {vocab_size} is not divisible by parallel.tp={tp}")
+    if sequence_parallel and (tp < 2 or pp > 1):
+        problems.append("parallel.sequence_parallel=true needs parallel.tp > 1 and (for now) parallel.pp=1")
+    if sequence_parallel and model is not None and _field(model, "seq_len") % tp:
+        problems.append(f"model.seq_len={_field(model, 'seq_len')} is not divisible by parallel.tp={tp} "
+                        "(sequence parallelism splits the sequence)")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Cross-field checks, each naming the keys involved. Raises ValueError."""
-    if cfg.objective.name not in OBJECTIVES:
-        raise ValueError(f"objective.name={cfg.objective.name!r} is not one of {OBJECTIVES}")
-    if cfg.objective.name == "dsl":
-        from dsl_scale.diffusion.dsl import SNRSchedule
-
-        SNRSchedule.from_config(cfg.objective).validate()
-    if cfg.train.precision not in PRECISIONS:
-        raise ValueError(f"train.precision={cfg.train.precision!r} is not one of {PRECISIONS}")
+    check_choices(cfg)
+    if isinstance(cfg.objective, SNRMixtureConfig):
+        cfg.objective.validate()
     if cfg.parallel.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"parallel.zero_stage={cfg.parallel.zero_stage} must be 0, 1, 2 or 3")
     if cfg.model.seq_len < 3:
         raise ValueError(f"model.seq_len={cfg.model.seq_len} must be at least 3 ([BOS] x [EOS])")
-    model_parallel = cfg.parallel.tp * cfg.parallel.pp
-    if world_size % model_parallel:
-        raise ValueError(
-            f"world size {world_size} is not divisible by parallel.tp × parallel.pp = "
-            f"{cfg.parallel.tp} × {cfg.parallel.pp}"
-        )
-    if cfg.parallel.sequence_parallel and (cfg.parallel.tp < 2 or cfg.parallel.pp > 1):
-        raise ValueError("parallel.sequence_parallel=true needs parallel.tp > 1 and (for now) parallel.pp=1")
-    if cfg.parallel.sequence_parallel and cfg.model.seq_len % cfg.parallel.tp:
-        raise ValueError(f"model.seq_len={cfg.model.seq_len} is not divisible by parallel.tp={cfg.parallel.tp} "
-                         "(sequence parallelism splits the sequence)")
-    dp = world_size // model_parallel
+    check_parallel_layout(cfg.model, None, cfg.parallel.tp, cfg.parallel.pp, world_size,
+                          cfg.parallel.sequence_parallel)
+    dp = world_size // (cfg.parallel.tp * cfg.parallel.pp)
     if cfg.train.global_batch % (cfg.train.micro_batch * dp):
         raise ValueError(
             f"train.global_batch={cfg.train.global_batch} is not divisible by "
@@ -160,6 +306,37 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("train.steps must be >= 0 and train.{save,eval,log}_every >= 1")
 
 
+# --- typed configs --------------------------------------------------------------------------------------------
+
+
 def to_config(cfg: DictConfig):
-    """The typed dataclass behind a Hydra config."""
+    """The typed dataclass behind a Hydra config. A key its schema does not declare (appended with `+key=`,
+    which Hydra allows even into a schema) is an error rather than silently dropped."""
+    _check_declared(cfg, "")
     return OmegaConf.to_object(cfg)
+
+
+def _check_declared(node: DictConfig, prefix: str) -> None:
+    kind = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else None
+    for key in node.keys():
+        if declared is not None and key not in declared:
+            raise ValueError(f"{prefix}{key} is not a key of {kind.__name__} ({prefix.rstrip('.') or 'the config'})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_declared(child, f"{prefix}{key}.")
+
+
+def config_from_saved(saved: dict | DictConfig) -> Config:
+    """The typed Config of a run config saved with a checkpoint (or built for an import). Runs saved before
+    the per-objective schemas carry every objective's fields (all of DSL's even for mdlm): the fields the
+    saved objective does not declare are dropped here, and only here; any other unknown key still fails."""
+    saved = OmegaConf.to_container(saved) if isinstance(saved, DictConfig) else dict(saved)
+    objective = dict(saved.get("objective") or {})
+    name = objective.get("name", ObjectiveSchema.name)
+    if name not in OBJECTIVE_CONFIGS:
+        raise ValueError(f"objective.name={name!r} of the saved config is not one of {OBJECTIVES}")
+    declared = {f.name for f in dataclasses.fields(OBJECTIVE_CONFIGS[name])}
+    saved["objective"] = {k: v for k, v in objective.items() if k in declared}
+    schema = OmegaConf.structured(Config(objective=OBJECTIVE_CONFIGS[name]()))
+    return OmegaConf.to_object(OmegaConf.merge(schema, saved))

@@ -1,4 +1,4 @@
-"""What every Hydra entry point in launchers/ shares: argv clean-up, environment, config conversion."""
+"""What every Hydra entry point (dsl_scale/cli/, run by launchers/*.py) shares: argv clean-up, environment, config."""
 
 from __future__ import annotations
 

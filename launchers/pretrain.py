@@ -1,27 +1,10 @@
-"""Pretrain a DiT with a diffusion objective.
+"""`python launchers/pretrain.py` (also under torchrun, deepspeed and the SLURM job scripts): a thin wrapper.
 
-    deepspeed --num_gpus N launchers/pretrain.py [hydra overrides]   (DS_ACCELERATOR=cpu is set on CPU)
-    torchrun --nproc_per_node N launchers/pretrain.py [overrides]
-    python launchers/pretrain.py [overrides]                          (world of one)
+The command, with its usage, is dsl_scale/cli/pretrain.py;
+the `dsl-pretrain` console script runs the same main().
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dsl_scale.launch import hydra_main  # noqa: E402
-
-
-def run(cfg) -> None:
-    from dsl_scale.train.trainer import Trainer
-
-    Trainer(cfg).fit()
-
+from dsl_scale.cli.pretrain import main
 
 if __name__ == "__main__":
-    from dsl_scale.config import register_configs
-
-    hydra_main(run, config_name="config", register=register_configs)
+    main()

@@ -1,29 +1,10 @@
-"""Sample from a trained checkpoint and write samples.jsonl (index, tokens, text, nfe) + settings.
+"""`python launchers/sample.py` (also under torchrun, deepspeed and the SLURM job scripts): a thin wrapper.
 
-    python launchers/sample.py checkpoint=RUN_DIR sampler=mdlm|remdm_cap|remdm_rescale|remdm_conf|remdm_loop \
-        steps=T num_samples=N seed=S out=FILE.jsonl
-    torchrun --nproc_per_node N launchers/sample.py ...   (the indices are split over the ranks)
-
-Running the same command again resumes: indices already written are skipped.
+The command, with its usage, is dsl_scale/cli/sample.py;
+the `dsl-sample` console script runs the same main().
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dsl_scale.launch import hydra_main  # noqa: E402
-
-
-def run(cfg) -> None:
-    from dsl_scale.sampling.driver import run_sampling
-
-    run_sampling(cfg)
-
+from dsl_scale.cli.sample import main
 
 if __name__ == "__main__":
-    from dsl_scale.sampling.config import register_sample_configs
-
-    hydra_main(run, config_name="sample", register=register_sample_configs)
+    main()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dsl_scale.core import patches
 from dsl_scale.data import sources
 from dsl_scale.data.prepare import prepare
 
@@ -15,6 +16,14 @@ WORDS = (
     "the a river city music of and to in history language light small ancient modern people was is "
     "north south king queen water stone year century many several first new old great"
 ).split()
+
+
+@pytest.fixture(autouse=True)
+def _undo_framework_patches():
+    """Each test starts without framework patches (dsl_scale/core/patches.py): code that needs one applies it
+    itself (cpu_compat.install(), import_streaming(), ...), and none leaks into the next test."""
+    yield
+    patches.undo_all()
 
 
 def make_documents(n: int, seed: int = 0) -> list[str]:

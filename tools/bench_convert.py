@@ -22,10 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dsl_scale.checkpoint.readers import resolve_checkpoint  # noqa: E402
-from dsl_scale.parallel.topology import free_port  # noqa: E402
+from dsl_scale.checkpoint.readers import resolve_checkpoint
+from dsl_scale.parallel.topology import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +58,6 @@ def timed_cp(paths: list[Path], work: Path) -> float:
 
 _CHILD = """
 import json, resource, sys, time
-sys.path.insert(0, {repo!r})
 from dsl_scale.checkpoint.convert import convert
 started = time.perf_counter()
 convert({src!r}, {dst!r}, **{kwargs!r})
@@ -71,7 +68,7 @@ print(json.dumps({{"seconds": seconds, "peak": resource.getrusage(resource.RUSAG
 
 def convert_in_subprocess(src: Path, dst: Path, kwargs: dict) -> tuple[float, int]:
     """(seconds inside convert(), the process's peak resident memory in bytes): a fresh process per case."""
-    code = _CHILD.format(repo=str(REPO), src=str(src), dst=str(dst), kwargs=kwargs)
+    code = _CHILD.format(src=str(src), dst=str(dst), kwargs=kwargs)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"conversion {src} → {dst} failed:\n{result.stderr[-2000:]}")

@@ -23,15 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from omegaconf import OmegaConf
 
 TARGET = 20.0
 GLOBAL_BATCH = 16
@@ -88,9 +85,10 @@ def consumed(preset: str, batch: int, repeats: int) -> float:
         parallel_state.initialize_model_parallel(1, 1)
     fields = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent
                                                    / f"configs/model/{preset}.yaml"))
-    model = build_dit(ModelConfig(**fields), 50258, seed=0).train()
+    model_cfg = ModelConfig(**fields)
+    model = build_dit(model_cfg, 50258, seed=0).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, 50257, (batch, fields["seq_len"]))
+    tokens = torch.randint(0, 50257, (batch, model_cfg.seq_len))
     sigma = torch.full((batch,), 0.5)
     times = []
     for i in range(repeats + 1):
@@ -101,7 +99,7 @@ def consumed(preset: str, batch: int, repeats: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         if i:  # the first step warms up (allocations, AdamW state)
             times.append(time.perf_counter() - started)
-    return batch * fields["seq_len"] / statistics.median(times)
+    return batch * model_cfg.seq_len / statistics.median(times)
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 LAYOUTS = [  # (name, ranks, tp, zero)
     ("dp2-zero0", 2, 1, 0), ("dp2-zero1", 2, 1, 1), ("dp2-zero2", 2, 1, 2), ("dp2-zero3", 2, 1, 3),
     ("tp2-zero0", 2, 2, 0),

@@ -27,14 +27,11 @@ import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {("small", 256): 0.60, ("tiny", 128): 0.45}

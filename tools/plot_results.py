@@ -1,68 +1,12 @@
-"""MAUVE (and generative perplexity, when present) against mean NFE for a set of results files.
+"""`python tools/plot_results.py ...`: a thin wrapper.
 
-    python tools/plot_results.py results_T64.json results_T128.json ... --out plot.png
-One line per (checkpoint, sampler); the x axis is the mean number of denoiser evaluations.
+The command, with its usage, is dsl_scale/cli/plot_results.py;
+the `dsl-plot-results` console script runs the same main().
 """
 
-from __future__ import annotations
+import sys
 
-import argparse
-import json
-from collections import defaultdict
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def load_points(files: list[str]) -> dict[str, list[dict]]:
-    """label → points {nfe, mauve, gen_ppl} sorted by NFE; files without NFE are refused."""
-    lines: dict[str, list[dict]] = defaultdict(list)
-    for file in files:
-        r = json.loads(Path(file).read_text())
-        nfe = r.get("mean_nfe") if r.get("mean_nfe") is not None else r.get("T")
-        if nfe is None:
-            raise ValueError(f"{file} records neither mean_nfe nor T: nothing to put on the x axis")
-        sampler = r.get("sampler") or "?"
-        sampler = sampler.get("name", "?") if isinstance(sampler, dict) else sampler  # a sampler config
-        label = f"{Path(str(r.get('checkpoint') or '?')).name} · {sampler}"
-        lines[label].append({"nfe": float(nfe), "mauve": (r.get("mauve") or {}).get("mauve"),
-                             "gen_ppl": (r.get("gen_ppl") or {}).get("gen_ppl"), "file": file})
-    return {k: sorted(v, key=lambda p: p["nfe"]) for k, v in lines.items()}
-
-
-def plot(lines: dict[str, list[dict]], out: str) -> None:
-    panels = [m for m in ("mauve", "gen_ppl") if any(p[m] is not None for v in lines.values() for p in v)]
-    if not panels:
-        raise ValueError("no results file holds a MAUVE or gen-PPL figure")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, metric in zip(axes[0], panels):
-        for label, points in lines.items():
-            pts = [p for p in points if p[metric] is not None]
-            ax.plot([p["nfe"] for p in pts], [p[metric] for p in pts], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("mean NFE (denoiser evaluations)")
-        ax.set_ylabel({"mauve": "MAUVE", "gen_ppl": "generative perplexity"}[metric])
-        if metric == "gen_ppl":
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", help="results.json files from launchers/evaluate.py")
-    parser.add_argument("--out", default="plot.png")
-    args = parser.parse_args(argv)
-    plot(load_points(args.results), args.out)
-    print(f"wrote {args.out}")
-
+from dsl_scale.cli.plot_results import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

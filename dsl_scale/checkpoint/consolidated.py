@@ -7,7 +7,7 @@ A directory holding
   optimizer.exp_avg_sq.safetensors
   config.json                          {"format", "step", "optimizer_step", "lr_scheduler", "config": run config}
 The same files inside a `checkpoints/step_XXXXXXXX/` tag directory make a checkpoint the trainer resumes
-from at any TP/PP/DP layout (train/checkpoint.py slices them on load).
+from at any TP/PP/DP layout (checkpoint/training.py slices them on load).
 Each kind is read and written on its own, so a conversion holds about one model's worth of tensors.
 """
 

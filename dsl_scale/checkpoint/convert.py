@@ -19,20 +19,10 @@ TARGETS = ("consolidated", "deepspeed", "hf-mdlm")
 
 
 def check_layout(config: dict, tp: int, pp: int, vocab_size: int) -> None:
-    model = config["model"]
-    problems = []
-    if tp < 1 or pp < 1:
-        problems.append(f"--tp {tp} --pp {pp} must be at least 1")
-    if model["n_heads"] % tp:
-        problems.append(f"model.n_heads={model['n_heads']} is not divisible by --tp {tp}")
-    if vocab_size % tp:
-        problems.append(f"the vocabulary ({vocab_size}) is not divisible by --tp {tp}")
-    if model["n_blocks"] % pp:
-        problems.append(f"model.n_blocks={model['n_blocks']} is not divisible by --pp {pp}")
-    if pp > 1 and model["cond_dim"] > model["hidden"]:
-        problems.append(f"model.cond_dim={model['cond_dim']} > model.hidden={model['hidden']} cannot use --pp > 1")
-    if problems:
-        raise ValueError("; ".join(problems))
+    """--tp/--pp (the new run's parallel.tp/pp) fit the saved model (dsl_scale.config.check_parallel_layout)."""
+    from dsl_scale.config import check_parallel_layout
+
+    check_parallel_layout(config["model"], vocab_size, tp, pp)
 
 
 def convert(src: str | Path, dst: str | Path, to: str, tp: int | None = None, pp: int | None = None,

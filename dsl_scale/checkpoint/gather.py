@@ -1,7 +1,7 @@
 """Full (unsharded) weights from a live engine at any TP × PP × ZeRO layout, on global rank 0.
 
 For tests and small exports: every stage's state passes through rank 0. The streaming, out-of-core
-path for large checkpoints belongs to checkpoint_io.
+path for large checkpoints is convert.py (readers.py, reshard.py) in this package.
 """
 
 from __future__ import annotations

@@ -110,14 +110,14 @@ def is_hf_dir(path: str | Path) -> bool:
 
 def run_config(model_fields: dict, dsl: dict | None = None) -> dict:
     """Our run config (defaults) around an imported MDLM's shape."""
-    from dsl_scale.config import Config
+    from dsl_scale.config import Config, DSLObjectiveConfig, ModelConfig
 
-    config = dataclasses.asdict(Config())
-    config["model"].update(model_fields, name="imported")
+    objective = DSLObjectiveConfig(key_dim=dsl["key_dim"], key_seed=dsl["key_seed"]) if dsl else None
+    cfg = Config(model=ModelConfig(**{**model_fields, "name": "imported"}),
+                 **({"objective": objective} if objective else {}))
     if dsl:
-        config["objective"].update(name="dsl", key_dim=dsl["key_dim"], key_seed=dsl["key_seed"])
-        config["data"]["tokenizer"] = dsl.get("tokenizer", config["data"]["tokenizer"])
-    return config
+        cfg.data.tokenizer = dsl.get("tokenizer", cfg.data.tokenizer)
+    return dataclasses.asdict(cfg)
 
 
 def read_hf(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

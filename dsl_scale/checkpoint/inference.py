@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from dsl_scale.checkpoint.readers import load_model_weights, load_training_config, resolve_checkpoint
-from dsl_scale.config import Config
+from dsl_scale.config import Config, config_from_saved
 from dsl_scale.model import DiT
 from dsl_scale.model.factory import build_dit
 from dsl_scale.tokenizer import Tokenizer, get_tokenizer
@@ -28,7 +26,7 @@ def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedM
     """Needs megatron-core's process groups (a world of one is enough: see parallel.topology)."""
     tag_dir = resolve_checkpoint(checkpoint)
     saved = load_training_config(tag_dir)
-    train_cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    train_cfg = config_from_saved(saved)
     tokenizer = get_tokenizer(train_cfg.data.tokenizer)
     model = build_dit(train_cfg.model, tokenizer.vocab_size, train_cfg.train.seed,
                       causal=train_cfg.objective.name == "ar", objective=train_cfg.objective,

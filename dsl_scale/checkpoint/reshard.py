@@ -14,8 +14,10 @@ import torch
 
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
 from dsl_scale.checkpoint.init_from import _shard, load_into
+from dsl_scale.core import patches
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
+ZERO_OPTIMIZER_STATE = "deepspeed-zero-optimizer-state"  # a requirement in dsl_scale/core/patches.py
 
 
 def preload_weights(module: torch.nn.Module, checkpoint: ConsolidatedCheckpoint, tp_rank: int) -> None:
@@ -90,6 +92,8 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
     local = {name: _shard(full[name], _like(p), tp_rank).float() for name, p in named.items()}
     optimizer = engine.optimizer
     stage = engine.zero_optimization_stage() if engine.zero_optimization() else 0
+    if stage > 0:  # ZeRO's optimizer internals, below, as DeepSpeed 0.19 lays them out
+        patches.require(ZERO_OPTIMIZER_STATE)
     if stage == 0:
         for name, param in named.items():
             state = optimizer.state[param]

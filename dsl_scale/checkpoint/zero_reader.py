@@ -24,7 +24,6 @@ from dsl_scale.checkpoint import layout
 from dsl_scale.checkpoint.safe_load import torch_load
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-KINDS = ("model", "ema", *MOMENTS)
 
 
 def _flat_state(optim: dict) -> tuple[list[torch.Tensor], list[dict]]:

@@ -15,3 +15,5 @@ class Prepared:
     sigma: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     model_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra model inputs (DSL's z)
+    # per-sequence dropout seeds (int64 [b]) for the model's training forward; None: no seeded dropout
+    dropout_seeds: torch.Tensor | None = None

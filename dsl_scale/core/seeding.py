@@ -16,6 +16,11 @@ def generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*keys))
 
 
+def per_example(positions: torch.Tensor, *keys: int) -> torch.Tensor:
+    """One seed per example, `derive_seed(*keys, position)`, as an int64 tensor [len(positions)]."""
+    return torch.tensor([derive_seed(*keys, int(p)) for p in positions], dtype=torch.long)
+
+
 def uniform(shape: tuple[int, ...], *keys: int) -> torch.Tensor:
     return torch.rand(shape, generator=generator(*keys), dtype=torch.float64)
 

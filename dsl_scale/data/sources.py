@@ -33,13 +33,6 @@ def _suffix(path: Path) -> str:
     return max((s for s in LOCAL_SUFFIXES if name.endswith(s)), key=len, default="")
 
 
-def register_source(name: str, factory: Callable[[], Iterator[str]]) -> None:
-    """Make `iter_documents(name)` call `factory()`."""
-    if name in SOURCES:
-        raise ValueError(f"source {name!r} is already registered")
-    SOURCES[name] = factory
-
-
 def iter_documents(source: str) -> Iterator[str]:
     """Documents of a named source, or of a local .txt file, .jsonl file or folder (recursive, sorted).
 

@@ -65,7 +65,7 @@ class WdsBlockWriter:
         self.key_prefix = key_prefix
         self._shards: list[dict[str, Any]] = []
         self._tar: Any = None
-        self._bytes = self._count = self._written = 0
+        self._bytes = self._written = 0
         os.makedirs(directory, exist_ok=True)
 
     def write(self, block: np.ndarray) -> None:

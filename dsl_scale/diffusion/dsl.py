@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from dsl_scale.config import SNRMixtureConfig
+
 
 def token_keys(vocab_size: int, dim: int, seed: int) -> torch.Tensor:
     """Unit-norm keys K [vocab_size, dim] (fp32), the same on every machine and library version.
@@ -34,35 +36,16 @@ def token_keys(vocab_size: int, dim: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(keys.astype(np.float32))
 
 
-@dataclass(frozen=True)
-class SNRSchedule:
-    """The per-sequence SNR mixture (SPEC §4); field names match configs/objective/dsl.yaml."""
-
-    p_roar: float = 0.1
-    s_max: float = 100.0
-    roar_clean_low: float = 0.8  # clean ROAR positions: s ~ U[roar_clean_low·s_max, s_max]
-    roar_masked_high: float = 1.0  # masked ROAR positions: s ~ U[0, roar_masked_high)
-    lognormal_mean: float = 1.69
-    lognormal_std: float = 0.9
-    s_clamp: float = 40.0
-    mdlm_fraction: float = 0.0  # share of sequences with exact MDLM masking, s ∈ {0, ∞}
-    eps: float = 1e-3  # exact-MDLM sequences: MDLM's log-linear schedule, mask probability (1 − ε)·t
+@dataclass
+class SNRSchedule(SNRMixtureConfig):
+    """The per-sequence SNR mixture (SPEC §4). Its fields and defaults are the DSL objective's
+    (dsl_scale/config.py SNRMixtureConfig: mdlm_fraction, p_roar, the ROAR and log-normal parameters, and
+    eps for the exact-MDLM sequences)."""
 
     @classmethod
     def from_config(cls, objective) -> SNRSchedule:
         """From any object with these attribute names (the `objective` config node); others are ignored."""
         return cls(**{f.name: getattr(objective, f.name) for f in fields(cls) if hasattr(objective, f.name)})
-
-    def validate(self) -> None:
-        if not (0 <= self.p_roar <= 1 and 0 <= self.mdlm_fraction <= 1):
-            raise ValueError(f"objective.p_roar={self.p_roar} and objective.mdlm_fraction={self.mdlm_fraction} "
-                             "must lie in [0, 1]")
-        if not 0 <= self.roar_clean_low <= 1 or self.s_max <= 0:
-            raise ValueError(f"need objective.s_max > 0 and 0 <= objective.roar_clean_low <= 1, got "
-                             f"{self.s_max}, {self.roar_clean_low}")
-        if self.roar_masked_high <= 0 or self.s_clamp <= 0 or self.lognormal_std < 0:
-            raise ValueError("objective.roar_masked_high and objective.s_clamp must be > 0, "
-                             "objective.lognormal_std >= 0")
 
 
 # Which branch of the mixture a sequence drew.

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from dsl_scale.config import check_choices, choice
+
 METRICS = ("mauve", "gen_ppl", "entropy", "nelbo")
 
 
@@ -30,7 +32,7 @@ class EvalConfig:
     scorer_batch_size: int = 8
     # Likelihood bound (metrics=[nelbo])
     checkpoint: str = ""  # run dir of the checkpoint whose bound is computed
-    weights: str = "auto"  # ema | model | auto
+    weights: str = choice("auto", "auto", "ema", "model")  # auto: EMA when the checkpoint has it
     nelbo_examples: int = 0  # validation blocks evaluated; 0 = the whole split
     nelbo_batch_size: int = 16
     seed: int = 0  # seed of the NELBO's times and masks
@@ -45,6 +47,7 @@ def validate_eval_config(cfg: EvalConfig) -> None:
     unknown = [m for m in cfg.metrics if m not in METRICS]
     if unknown or not cfg.metrics:
         raise ValueError(f"metrics={list(cfg.metrics)}: each must be one of {METRICS}, and at least one given")
+    check_choices(cfg)
     sample_metrics = {"mauve", "gen_ppl", "entropy"} & set(cfg.metrics)
     if sample_metrics and not cfg.samples:
         raise ValueError(f"metrics {sorted(sample_metrics)} need samples=FILE.jsonl")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from dsl_scale.core.files import atomic_directory
 from dsl_scale.experiment.config import Experiment
 
 
@@ -22,12 +21,8 @@ def prepare_once(e: Experiment, out: Path) -> dict:
             raise ValueError(f"{out} holds data prepared with {found}, the experiment wants {wanted}; "
                              "use another --out directory")
         return manifest
-    staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    manifest = prepare(e.data.source, str(staging), e.data.seq_len, val_fraction=e.data.val_fraction,
-                       tokenizer=e.data.tokenizer, progress=False)
-    if out.exists():  # a directory without a manifest: an interrupted earlier attempt
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with atomic_directory(out, exist_ok=True) as staging:  # replaces an interrupted attempt (no manifest)
+        manifest = prepare(e.data.source, str(staging), e.data.seq_len, val_fraction=e.data.val_fraction,
+                           tokenizer=e.data.tokenizer, progress=False)
     print(format_summary(manifest, str(out)), flush=True)
     return manifest

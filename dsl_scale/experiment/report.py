@@ -3,14 +3,13 @@ MAUVE (and gen-PPL) against the mean number of denoiser evaluations."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from dsl_scale.experiment.config import Experiment, experiment_dict
-from dsl_scale.experiment.stages import REPO, Layout
+from dsl_scale.experiment.stages import Layout
 
 RUNS = (("pretrain", "MDLM pretraining"), ("mdlm", "MDLM, continued"), ("dsl", "DSL fine-tune"),
         ("ar", "AR baseline (gen-PPL scorer)"))
@@ -108,13 +107,6 @@ def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
     return lines
 
 
-def _plot_module():
-    spec = importlib.util.spec_from_file_location("plot_results", REPO / "tools" / "plot_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def write_report(e: Experiment, layout: Layout, stages: list[dict], wall_s: float, plot: bool = True) -> dict:
     """results.json, results.md and mauve_vs_nfe.png under the output directory; returns results.json's content."""
     rows = collect_rows(e, layout)
@@ -127,5 +119,7 @@ def write_report(e: Experiment, layout: Layout, stages: list[dict], wall_s: floa
         points = {m.label: sorted(({"nfe": r["mean_nfe"] or r["T"], "mauve": r["mauve"], "gen_ppl": r["gen_ppl"]}
                                    for r in rows if r["method"] == m.label), key=lambda p: p["nfe"])
                   for m in e.sample.methods}
-        _plot_module().plot(points, str(layout.root / "mauve_vs_nfe.png"))
+        from dsl_scale.evaluation.plot import plot as plot_mauve_vs_nfe  # matplotlib: only when plotting
+
+        plot_mauve_vs_nfe(points, str(layout.root / "mauve_vs_nfe.png"))
     return results

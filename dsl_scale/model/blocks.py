@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
+from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from torch import nn
 
@@ -44,6 +44,7 @@ class DiTBlock(nn.Module):
         self.local_heads = n_heads // tp
         self.dropout = dropout
         self.causal = causal
+        self.sequence_parallel = mp_config.sequence_parallel and tp > 1
         self.norm1 = LayerNormNoBias(hidden)
         self.attn_qkv = ColumnParallelLinear(
             hidden, 3 * hidden, config=mp_config, init_method=default_linear_init, bias=False,
@@ -68,8 +69,15 @@ class DiTBlock(nn.Module):
         if mp_config.sequence_parallel:  # these see only this rank's part of the sequence
             mark_sequence_parallel(self.norm1, self.norm2, self.adaLN_modulation)
 
-    def _residual(self, branch: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return skip + gate * F.dropout(branch, p=self.dropout, training=self.training)
+    def _residual(self, branch: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor,
+                  seeds: list[int] | None, site: int) -> torch.Tensor:
+        if seeds is not None and self.training and self.dropout > 0:
+            shard = (parallel_state.get_tensor_model_parallel_rank(),
+                     parallel_state.get_tensor_model_parallel_world_size()) if self.sequence_parallel else (0, 1)
+            dropped = seeded_dropout(branch, self.dropout, [mix_seed(s, site) for s in seeds], shard)
+        else:
+            dropped = F.dropout(branch, p=self.dropout, training=self.training)
+        return skip + gate * dropped
 
     def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         qkv, _ = self.attn_qkv(x)  # the whole sequence, also when x is a sequence-parallel shard
@@ -90,15 +98,49 @@ class DiTBlock(nn.Module):
         out, _ = self.mlp_fc2(h)
         return out
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x: [s, b, H]; cond: [b, C]."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                dropout_seeds: list[int] | None = None):
+        """x: [s, b, H]; cond: [b, C]. `dropout_seeds` (one per row, this block's): seeded dropout masks
+        (see `seeded_dropout`); without them, F.dropout from the global generator."""
         mods = self.adaLN_modulation(cond)[None].chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         x = self._residual(
-            self.attention(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin), gate_msa, x
+            self.attention(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin), gate_msa, x,
+            dropout_seeds, 0,
         )
-        x = self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x)
+        x = self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x,
+                           dropout_seeds, 1)
         return x
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, index: int) -> int:
+    """A 63-bit seed from (seed, index): splitmix64's finaliser on seed + (index + 1)·golden gamma.
+    Cheap (Python ints), so it can run per row and per dropout site on every forward."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Dropout of x [s, b, H] whose row b keeps each element where U ≥ p, U drawn as [s · shards, H] from a
+    generator seeded with seeds[b] (the `shard`th of `shards` equal parts of the sequence under sequence
+    parallelism), scaled by 1 / (1 − p) like F.dropout. The mask is a pure function of the row's seed: the
+    same in any batch, micro-batch, layout or activation recomputation."""
+    rank, shards = shard
+    seq, batch, hidden = x.shape
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} dropout seeds for a batch of {batch}")
+    keep = []
+    for seed in seeds:
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        u = torch.rand(seq * shards, hidden, generator=generator, device=x.device)
+        keep.append(u[rank * seq:(rank + 1) * seq] >= p)
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    return x * (torch.stack(keep, dim=1).to(x.dtype) * scale)
 
 
 def mark_sequence_parallel(*modules: nn.Module) -> None:

@@ -27,23 +27,19 @@ from megatron.core.tensor_parallel import (
 from megatron.core.tensor_parallel.utils import VocabUtility
 from torch import nn
 
-from dsl_scale.model.blocks import DiTBlock, FinalLayer
+from dsl_scale.config import ArchitectureConfig, check_parallel_layout
+from dsl_scale.model.blocks import DiTBlock, FinalLayer, mix_seed
 from dsl_scale.model.converter import Converter, mix_inputs
 from dsl_scale.model.layers import NoiseEmbedder, Rotary
 
 
 @dataclass
-class DiTConfig:
+class DiTConfig(ArchitectureConfig):
+    """The network's shape (ArchitectureConfig: declared once, in dsl_scale/config.py) plus what the run
+    adds: the vocabulary, causal attention (AR) and DSL's converter."""
+
     vocab_size: int = 50258
-    hidden: int = 512
-    n_blocks: int = 8
-    n_heads: int = 8
-    cond_dim: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.1
     causal: bool = False
-    time_conditioning: bool = False
-    recompute: bool = False
     # DSL's converter (model/converter.py) from localization observations z; 0 = no converter.
     converter_key_dim: int = 0
     converter_key_seed: int = 0
@@ -55,17 +51,7 @@ class DiTConfig:
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.n_heads={self.n_heads}")
         if (self.hidden // self.n_heads) % 2:
             raise ValueError(f"head dim {self.hidden // self.n_heads} must be even for rotary embeddings")
-        if self.n_heads % tp:
-            raise ValueError(f"model.n_heads={self.n_heads} is not divisible by parallel.tp={tp}")
-        if self.vocab_size % tp:
-            raise ValueError(f"vocab size {self.vocab_size} is not divisible by parallel.tp={tp}")
-        if self.n_blocks % pp:
-            raise ValueError(f"model.n_blocks={self.n_blocks} is not divisible by parallel.pp={pp}")
-        if pp > 1 and self.cond_dim > self.hidden:
-            raise ValueError(
-                f"model.cond_dim={self.cond_dim} > model.hidden={self.hidden}: the conditioning row cannot "
-                "travel with the activations between pipeline stages"
-            )
+        check_parallel_layout(self, self.vocab_size, tp, pp)
 
 
 def default_embedding_init(weight: torch.Tensor) -> None:
@@ -132,12 +118,15 @@ class DiT(nn.Module):
 
     def forward(self, tokens: torch.Tensor | None = None, sigma: torch.Tensor | None = None,
                 input_embeds: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                discrete: torch.Tensor | None = None) -> torch.Tensor:
+                discrete: torch.Tensor | None = None, dropout_seeds: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [b, s] ids → vocab-parallel logits [b, s, V / tp] on the last stage, else the stage
         tensor [s + 1, b, H]. Instead of the embedding of `tokens`: `input_embeds` [b, s, H], or DSL's
         localization observations `z` [b, s, d] through the converter, except where `discrete` [b, s]
         is set (those positions embed `tokens`: exact [MASK] or clean tokens, as the discrete samplers
-        feed them). σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s."""
+        feed them). σ is ignored unless time-conditioned. Later stages read `set_input_tensor`'s.
+        `dropout_seeds` (int [b], training only): one seed per sequence, from which each dropout site
+        (block i, attention or MLP) draws that sequence's mask, so that the masks depend on neither the
+        batch a sequence travels in nor the layout; without them, plain F.dropout."""
         sequence_parallel = self.config.sequence_parallel
         if self.pre_process:
             x, cond = self.embed(tokens, sigma, input_embeds, z, discrete)
@@ -150,11 +139,15 @@ class DiT(nn.Module):
         final_cond = cond
         if sequence_parallel:  # blocks see a sequence shard: sum their partial gradients of cond
             cond = copy_to_tensor_model_parallel_region(cond)
-        for block in self.blocks.values():
+        seeds = None
+        if dropout_seeds is not None and self.training and self.cfg.dropout > 0:
+            seeds = [int(s) for s in dropout_seeds.tolist()]
+        for i, block in self.blocks.items():
+            block_seeds = None if seeds is None else [mix_seed(s, int(i)) for s in seeds]
             if self.cfg.recompute and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, block_seeds, use_reentrant=False)
             else:
-                x = block(x, cond, cos, sin)
+                x = block(x, cond, cos, sin, block_seeds)
         if self.post_process:
             if sequence_parallel:  # the output layer's TP backward already sums the gradient: just split it
                 x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)

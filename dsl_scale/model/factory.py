@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from megatron.core.transformer import TransformerConfig
 
-from dsl_scale.config import ModelConfig, ObjectiveConfig
+from dsl_scale.config import ArchitectureConfig, ModelConfig, ObjectiveSchema
 from dsl_scale.model.dit import DiT, DiTConfig
 
 
 def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
-               objective: ObjectiveConfig | None = None, mask_id: int | None = None) -> DiTConfig:
+               objective: ObjectiveSchema | None = None, mask_id: int | None = None) -> DiTConfig:
+    """The model's shape (every ArchitectureConfig field of `model`), the vocabulary, and DSL's converter
+    when `objective` is DSL's."""
     dsl = objective is not None and objective.name == "dsl"
+    shape = {f.name: getattr(model, f.name) for f in dataclasses.fields(ArchitectureConfig)}
     return DiTConfig(
+        **shape,
         converter_key_dim=objective.key_dim if dsl else 0,
         converter_key_seed=objective.key_seed if dsl else 0,
         converter_beta_init=objective.beta_init if dsl else 1.0,
         mask_id=mask_id if mask_id is not None else vocab_size - 1,
-        vocab_size=vocab_size, hidden=model.hidden, n_blocks=model.n_blocks, n_heads=model.n_heads,
-        cond_dim=model.cond_dim, mlp_ratio=model.mlp_ratio, dropout=model.dropout, causal=causal,
-        time_conditioning=model.time_conditioning, recompute=model.recompute,
+        vocab_size=vocab_size, causal=causal,
     )
 
 
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
-              pp: int = 1, stage: int = 0, objective: ObjectiveConfig | None = None,
+              pp: int = 1, stage: int = 0, objective: ObjectiveSchema | None = None,
               mask_id: int | None = None, sequence_parallel: bool = False) -> DiT:
     """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
     order from the same seed and keeps its own part, so a layout never changes the initial weights."""

@@ -4,7 +4,8 @@ Megatron-core 0.16 allocates pipeline buffers with `torch.cuda.current_device()`
 calls `torch.cuda.synchronize()` around p2p transfers, and keeps its dropout RNG streams in a CUDA
 RNG tracker. `install()` does nothing when a GPU is present. Without one it gives the affected
 megatron modules a `torch` whose CUDA entry points mean "the CPU" (module-local: the real `torch` module
-is untouched) and replaces the RNG tracker by one that keeps CPU generator states.
+is untouched) and replaces the RNG tracker by one that keeps CPU generator states. It is the registered
+framework patch "megatron-cpu-bridge" (dsl_scale/core/patches.py: version-checked, undone by `undo`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
+from dsl_scale.core import patches
 from dsl_scale.core.seeding import derive_seed
 
 # Modules that reach CUDA through their module-level `torch` name.
@@ -29,7 +31,9 @@ PATCHED_MODULES = (
 MODEL_PARALLEL_RNG = "model-parallel-rng"
 DATA_PARALLEL_RNG = "data-parallel-rng"
 
-_installed = False
+PATCH = "megatron-cpu-bridge"
+
+_installed = False  # mirrors patches.is_applied(PATCH)
 
 
 def _cpu_device(device):
@@ -123,22 +127,37 @@ class CpuRNGStatesTracker:
 
 def install() -> bool:
     """Bridge megatron-core's CUDA assumptions when there is no GPU. Returns whether anything was patched."""
-    global _installed
     if torch.cuda.is_available():
         return False
-    if _installed:
-        return True
+    patches.apply(PATCH)
+    return True
+
+
+@patches.implements(PATCH)
+def _bridge_to_cpu():
+    global _installed
     import importlib
 
     from megatron.core.tensor_parallel import random as megatron_random
 
+    modules = [importlib.import_module(name) for name in PATCHED_MODULES]
+    original_torch = [module.torch for module in modules]
+    original_tracker = (megatron_random._CUDA_RNG_STATE_TRACKER, megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED)
     cpu_torch = _CpuTorch()
-    for name in PATCHED_MODULES:
-        importlib.import_module(name).torch = cpu_torch
+    for module in modules:
+        module.torch = cpu_torch
     megatron_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     _installed = True
-    return True
+
+    def undo() -> None:
+        global _installed
+        for module, original in zip(modules, original_torch):
+            module.torch = original
+        megatron_random._CUDA_RNG_STATE_TRACKER, megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = original_tracker
+        _installed = False
+
+    return undo
 
 
 def seed_parallel_rng(seed: int, tp_rank: int) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from dsl_scale.config import Config
+from dsl_scale.core import patches
 from dsl_scale.parallel.topology import MegatronMPU, Topology, on_gpu
 
 
@@ -133,6 +134,7 @@ def skip_single_replica_allreduce(engine, dp: int, zero_stage: int) -> None:
     """With one data-parallel replica and no ZeRO partitioning, DeepSpeed's gradient all-reduce is a flatten, a
     no-op reduction and a copy back of every gradient: skip it."""
     if dp == 1 and zero_stage == 0:
+        patches.require("deepspeed-engine-backward-allreduce")  # an engine attribute, not a documented switch
         engine.enable_backward_allreduce = False
 
 

@@ -26,6 +26,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.enums import ModelType
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from dsl_scale.core import patches
 from dsl_scale.core.batch import Prepared
 
 
@@ -72,10 +73,25 @@ def zero3_checks_within_stage() -> None:
     """ZeRO-3 checks that its recorded module order agrees with global rank 0's, by broadcasts over the
     whole world. Pipeline stages run different modules, and the broadcast, started by each stage at its
     own time, deadlocks against the pipeline's p2p transfers; the check is made over the data-parallel
-    group instead (the replicas of this stage, which run the same modules in the same order)."""
+    group instead (the replicas of this stage, which run the same modules in the same order).
+    The registered framework patch ZERO3_TRACE_CHECK (dsl_scale/core/patches.py: version-checked, undoable)."""
+    patches.apply(ZERO3_TRACE_CHECK)
+
+
+ZERO3_TRACE_CHECK = "deepspeed-zero3-trace-check-within-stage"
+
+
+@patches.implements(ZERO3_TRACE_CHECK)
+def _check_traces_within_stage():
     from deepspeed.runtime.zero import partitioned_param_coordinator
 
+    original = partitioned_param_coordinator.assert_ints_same_as_other_ranks
     partitioned_param_coordinator.assert_ints_same_as_other_ranks = _same_across_stage_replicas
+
+    def undo() -> None:
+        partitioned_param_coordinator.assert_ints_same_as_other_ranks = original
+
+    return undo
 
 
 def _same_across_stage_replicas(ints: list[int]) -> None:
@@ -110,9 +126,9 @@ def run_schedule(engine, micro_batches: list[Prepared], loss_fn: Callable,
     def forward_step(data_iterator, stage):
         batch = next(data_iterator)
         if module.pre_process:
-            output = call(batch.inputs, batch.sigma, **batch.model_kwargs)
+            output = call(batch.inputs, batch.sigma, dropout_seeds=batch.dropout_seeds, **batch.model_kwargs)
         else:
-            output = call(None, batch.sigma)
+            output = call(None, batch.sigma, dropout_seeds=batch.dropout_seeds)
         if prepare is not None and not module.post_process:
             output = _BeforeBackward.apply(output, prepare)
         return output, partial(loss_of, batch)

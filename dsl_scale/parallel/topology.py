@@ -55,12 +55,10 @@ class Topology:
 
 
 def check_layout(world_size: int, tp: int, pp: int) -> None:
-    if tp < 1 or pp < 1:
-        raise ValueError(f"parallel.tp={tp} and parallel.pp={pp} must be >= 1")
-    if world_size % (tp * pp):
-        raise ValueError(
-            f"world size {world_size} is not divisible by parallel.tp × parallel.pp = {tp} × {pp}"
-        )
+    """The world fits tp × pp (dsl_scale.config.check_parallel_layout, the one layout check)."""
+    from dsl_scale.config import check_parallel_layout
+
+    check_parallel_layout(tp=tp, pp=pp, world_size=world_size)
 
 
 def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30) -> Topology:

@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
-from dsl_scale.sampling.config import SamplerConfig
+from dsl_scale.sampling.config import ContinuousSampler
 from dsl_scale.sampling.generate import SampleResult, sample_generators
 from dsl_scale.sampling.steps import nucleus_rows
 
@@ -113,9 +113,9 @@ def localize_path(loc: Localizer, seq_len: int, grid: list[float], g: float,
 
 @torch.no_grad()
 def sample_dsl_continuous(denoise: ContinuousDenoiser, indices: list[int], seq_len: int, steps: int, mask_id: int,
-                          seed: int, sampler: SamplerConfig | None = None, top_p: float = 0.9) -> SampleResult:
+                          seed: int, sampler: ContinuousSampler | None = None, top_p: float = 0.9) -> SampleResult:
     """`steps` = T: T continuous steps up to s_max, then the argmax of x_θ there (NFE 2T per sequence)."""
-    sampler = sampler or SamplerConfig(name="dsl_continuous")
+    sampler = sampler or ContinuousSampler(name="dsl_continuous")
     loc = Localizer(denoise, mask_id, top_p)
     generators = sample_generators(seed, indices)
     z = localize_path(loc, seq_len, snr_points(steps, sampler.s_min, sampler.s_max), sampler.noise_scale,

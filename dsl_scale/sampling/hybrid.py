@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from dsl_scale.sampling.config import SamplerConfig
+from dsl_scale.sampling.config import HybridSampler
 from dsl_scale.sampling.continuous import ContinuousDenoiser, Localizer, localize_path, snr_points
 from dsl_scale.sampling.generate import SampleResult, Trace, discrete_phase, sample_generators
 from dsl_scale.sampling.schedules import loop
@@ -31,10 +31,10 @@ def remask_draft(draft: torch.Tensor, psi: torch.Tensor, keep: int, mask_id: int
 
 @torch.no_grad()
 def sample_dsl_hybrid(denoise: ContinuousDenoiser, indices: list[int], seq_len: int, steps: int, mask_id: int,
-                      seed: int, sampler: SamplerConfig | None = None, top_p: float = 0.9, t_final: float = 1e-5,
+                      seed: int, sampler: HybridSampler | None = None, top_p: float = 0.9, t_final: float = 1e-5,
                       trace: Trace | None = None) -> SampleResult:
     """`trace` sees the re-masked draft as step −1 (at t_on), then every discrete step."""
-    sampler = sampler or SamplerConfig(name="dsl_hybrid")
+    sampler = sampler or HybridSampler(name="dsl_hybrid")
     if not 1 <= sampler.continuous_steps < steps:
         raise ValueError(f"dsl_hybrid needs 1 <= continuous_steps={sampler.continuous_steps} < steps={steps}")
     loc = Localizer(denoise, mask_id, top_p)

@@ -24,12 +24,6 @@ _SAMPLERS.update(dsl_continuous=sample_dsl_continuous, dsl_hybrid=sample_dsl_hyb
 _NEED_CONVERTER = {"dsl_continuous", "dsl_hybrid"}
 
 
-def register_sampler(name: str, fn: SamplerFn) -> None:
-    if name in _SAMPLERS:
-        raise ValueError(f"sampler {name!r} is already registered")
-    _SAMPLERS[name] = fn
-
-
 def sampler_names() -> tuple[str, ...]:
     return tuple(_SAMPLERS)
 

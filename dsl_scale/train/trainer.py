@@ -17,6 +17,7 @@ from dsl_scale.checkpoint.manager import Checkpointer
 from dsl_scale.config import Config, validate
 from dsl_scale.core import seeding
 from dsl_scale.core.batch import Prepared
+from dsl_scale.core.files import atomic_directory
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
 from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.model.factory import build_dit
@@ -75,9 +76,9 @@ class Trainer:
                 from dsl_scale.data.prepare import prepare
 
                 self.log(f"{data.path} does not exist: preparing it from {data.source!r}")
-                staging = f"{data.path}.partial-{os.getpid()}"
-                prepare(data.source, staging, self.cfg.model.seq_len, tokenizer=data.tokenizer, fmt=data.format)
-                os.replace(staging, data.path)
+                with atomic_directory(data.path) as staging:
+                    prepare(data.source, str(staging), self.cfg.model.seq_len, tokenizer=data.tokenizer,
+                            fmt=data.format)
             dist.barrier()
 
     # ----------------------------------------------------------------------------------------------
@@ -106,17 +107,22 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def _forward_loss(self, batch: Prepared) -> torch.Tensor:
-        logits = self.engine(batch.inputs, batch.sigma, **batch.model_kwargs)
+        logits = self.engine(batch.inputs, batch.sigma, dropout_seeds=batch.dropout_seeds, **batch.model_kwargs)
         return self.objective.loss(logits, batch, self.nll_fn, self.vocab_start)
 
     def _micro_batches(self, tokens: torch.Tensor, first_position: int, key: int, batch_size: int,
                        stream: int) -> list[Prepared]:
+        """Each sequence's draws (the objective's, and its dropout seed: used in training only) come from
+        (seed, key, its position in the global batch), so they do not depend on the DP size."""
         positions = torch.arange(first_position, first_position + len(tokens))
-        return [
-            self.objective.prepare(chunk, chunk_positions, key, batch_size, stream)
-            for chunk, chunk_positions in zip(tokens.split(self.cfg.train.micro_batch),
-                                              positions.split(self.cfg.train.micro_batch))
-        ]
+        batches = []
+        for chunk, chunk_positions in zip(tokens.split(self.cfg.train.micro_batch),
+                                          positions.split(self.cfg.train.micro_batch)):
+            batch = self.objective.prepare(chunk, chunk_positions, key, batch_size, stream)
+            batch.dropout_seeds = seeding.per_example(chunk_positions, self.cfg.train.seed, seeding.DROPOUT_STREAM,
+                                                      key)
+            batches.append(batch)
+        return batches
 
     def train_step(self, batches: StepBatches) -> dict:
         t = self.cfg.train
@@ -126,16 +132,13 @@ class Trainer:
                                             seeding.MASK_STREAM)
         lr = self.engine.get_lr()[0]
         if self.topo.pp > 1:
-            torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, self.topo.dp_rank))
             losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=False)
             loss = pipeline.last_stage_mean(losses)
             pipeline.finish_step(self.engine)
             grad_norm = engine_lib.step(self.engine, self.topo.tp_rank, self.cfg.optim.grad_clip)
         else:
             losses, grad_norm = [], None
-            for micro, batch in enumerate(micro_batches):
-                torch.manual_seed(seeding.derive_seed(t.seed, seeding.DROPOUT_STREAM, self.step, micro,
-                                                      self.topo.dp_rank))
+            for batch in micro_batches:
                 micro_loss = self._forward_loss(batch)
                 self.engine.backward(micro_loss)
                 grad_norm = engine_lib.step(self.engine, self.topo.tp_rank, self.cfg.optim.grad_clip)

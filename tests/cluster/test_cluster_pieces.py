@@ -4,7 +4,6 @@ Dockerfiles."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,13 +13,10 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
+from dsl_scale.cli import submit
 from dsl_scale.launch import slurm_environment, tasks_on_node
 from dsl_scale.parallel.topology import free_port
 from tests.launching import REPO
-
-_spec = importlib.util.spec_from_file_location("dsl_submit", REPO / "launchers" / "submit.py")
-submit = sys.modules["dsl_submit"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up there
-_spec.loader.exec_module(submit)
 
 
 def test_tasks_on_node_reads_slurms_compressed_counts():

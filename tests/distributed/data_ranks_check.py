@@ -11,15 +11,12 @@ import argparse
 import json
 import os
 import signal
-import sys
 
 import torch.distributed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from dsl_scale.config import DataConfig  # noqa: E402
-from dsl_scale.data.batches import open_splits, train_batches  # noqa: E402
-from dsl_scale.parallel.topology import init_process_groups  # noqa: E402
+from dsl_scale.config import DataConfig
+from dsl_scale.data.batches import open_splits, train_batches
+from dsl_scale.parallel.topology import init_process_groups
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ def test_config_errors_name_the_keys(overrides, message):
 
 
 def test_plot_results_draws_mauve_and_gen_ppl_against_nfe(tmp_path):
-    from tools.plot_results import main
+    from dsl_scale.cli.plot_results import main
 
     files = []
     for t, m, p in ((16, 0.1, 90.0), (64, 0.3, 60.0), (256, 0.5, 40.0)):

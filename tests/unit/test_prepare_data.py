@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dsl_scale.cli import prepare_data as cli
 from dsl_scale.data.loader import check_manifest, open_shards
 from dsl_scale.data.packing import pack_blocks
 from dsl_scale.data.prepare import prepare, split_documents
 from dsl_scale.data.sources import iter_documents
 from dsl_scale.tokenizer import ENDOFTEXT, get_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
 L = 64
 
 
@@ -119,9 +118,6 @@ def test_bad_sources(tmp_path):
 
 
 def test_cli_writes_summary_and_refuses_overwrite(tmp_path, tiny_corpus, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_data_cli", REPO / "tools" / "prepare_data.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     args = ["--source", str(tiny_corpus[0]), "--out", str(tmp_path / "d"), "--seq-len", "32"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,23 @@
+"""Evaluate samples (MAUVE, generative perplexity, entropy) and checkpoints (NELBO) into results.json.
+
+    python launchers/evaluate.py samples=FILE.jsonl reference=SHARD_DIR metrics=[mauve,gen_ppl,entropy] \
+        scorer=RUN_OR_HF_DIR out=results.json                       (or `dsl-evaluate samples=FILE.jsonl ...`)
+    python launchers/evaluate.py metrics=[nelbo] checkpoint=RUN_DIR reference=SHARD_DIR
+Also under `torchrun --nproc_per_node N`: features and perplexities are computed on a slice per rank.
+"""
+
+from __future__ import annotations
+
+from dsl_scale.launch import hydra_main
+
+
+def run(cfg) -> None:
+    from dsl_scale.evaluation.run import run_evaluation
+
+    run_evaluation(cfg)
+
+
+def main() -> None:
+    from dsl_scale.evaluation.config import register_eval_configs
+
+    hydra_main(run, config_name="evaluate", register=register_eval_configs)

@@ -1,0 +1,81 @@
+"""Describe a checkpoint: format and layout, step, parameter count, dtypes, tensor names and shapes, size on disk.
+
+    python tools/inspect_checkpoint.py PATH [--keys] [--json]     (or the console script: dsl-inspect-checkpoint)
+
+PATH: a run (or its checkpoints/ or a step directory) at any layout, a consolidated or Hugging Face MDLM
+directory, or a Lightning `.ckpt`. Only safetensors headers and weights-only torch files are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
+from dsl_scale.checkpoint.hf_mdlm import is_hf_dir
+from dsl_scale.checkpoint.readers import TensorSource, open_source
+from dsl_scale.checkpoint.safe_load import safetensors_metadata
+
+
+def describe(path: str | Path) -> dict:
+    path = Path(path)
+    if is_hf_dir(path):
+        info = json.loads((path / "config.json").read_text())
+        tensors = {}
+        for file in sorted(path.glob("*.safetensors")):
+            tensors.update(safetensors_metadata(file))
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return _summary("hf-mdlm", path, None, {k: info.get(k) for k in ("hidden_dim", "n_blocks", "n_heads")},
+                        tensors, files, ["model"])
+    source = open_source(path)
+    if isinstance(source, ConsolidatedCheckpoint):
+        tensors = safetensors_metadata(source.dir / "model.safetensors")
+        layout = {"format": "consolidated (layout-free)"}
+        return _summary("consolidated", source.dir, source.step, layout, tensors, source.files(), source.available())
+    if isinstance(source, TensorSource):
+        model = source.full("model")
+        tensors = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in model.items()}
+        return _summary("lightning", path, None, {}, tensors, [path], source.available())
+    model = source.full("model")
+    tensors = {k: (source.saved_dtype(k), list(v.shape)) for k, v in model.items()}
+    layout = {"tp": source.tp, "pp": source.pp, "dp": source.dp, "zero_stage": source.zero_stage}
+    return _summary("deepspeed", source.dir, source.step, layout, tensors, source.files(), source.available())
+
+
+def _summary(kind, path, step, layout, tensors, files, contents) -> dict:
+    params = {k: v for k, v in tensors.items() if not k.endswith(("inv_freq", "converter.keys"))}
+    return {
+        "path": str(path), "format": kind, "step": step, "layout": layout, "contents": contents,
+        "parameters": sum(math.prod(shape) for _, shape in params.values()),
+        "dtypes": dict(Counter(dtype for dtype, _ in tensors.values())),
+        "tensors": {k: {"dtype": d, "shape": s} for k, (d, s) in tensors.items()},
+        "files": len(files), "bytes_on_disk": sum(f.stat().st_size for f in files),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path")
+    parser.add_argument("--keys", action="store_true", help="list every tensor's name, dtype and shape")
+    parser.add_argument("--json", action="store_true", help="print the whole description as JSON")
+    args = parser.parse_args(argv)
+    try:
+        info = describe(args.path)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError, PermissionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['path']}\n  format      {info['format']}  {info['layout']}\n  step        {info['step']}\n"
+          f"  contents    {', '.join(info['contents'])}\n  parameters  {info['parameters']:,}\n"
+          f"  dtypes      {info['dtypes']}\n  on disk     {info['bytes_on_disk'] / 2**20:.1f} MiB in "
+          f"{info['files']} files\n  tensors     {len(info['tensors'])}")
+    if args.keys:
+        for name, t in info["tensors"].items():
+            print(f"    {name:60s} {t['dtype']:10s} {tuple(t['shape'])}")
+    return 0

@@ -1,0 +1,22 @@
+"""Pretrain a DiT with a diffusion objective.
+
+    deepspeed --num_gpus N launchers/pretrain.py [hydra overrides]   (DS_ACCELERATOR=cpu is set on CPU)
+    torchrun --nproc_per_node N launchers/pretrain.py [overrides]
+    python launchers/pretrain.py [overrides]                          (world of one; or `dsl-pretrain [overrides]`)
+"""
+
+from __future__ import annotations
+
+from dsl_scale.launch import hydra_main
+
+
+def run(cfg) -> None:
+    from dsl_scale.train.trainer import Trainer
+
+    Trainer(cfg).fit()
+
+
+def main() -> None:
+    from dsl_scale.config import register_configs
+
+    hydra_main(run, config_name="config", register=register_configs)

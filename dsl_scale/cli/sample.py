@@ -1,0 +1,24 @@
+"""Sample from a trained checkpoint and write samples.jsonl (index, tokens, text, nfe) + settings.
+
+    python launchers/sample.py checkpoint=RUN_DIR sampler=mdlm|remdm_cap|remdm_rescale|remdm_conf|remdm_loop \
+        steps=T num_samples=N seed=S out=FILE.jsonl                 (or `dsl-sample checkpoint=RUN_DIR ...`)
+    torchrun --nproc_per_node N launchers/sample.py ...   (the indices are split over the ranks)
+
+Running the same command again resumes: indices already written are skipped.
+"""
+
+from __future__ import annotations
+
+from dsl_scale.launch import hydra_main
+
+
+def run(cfg) -> None:
+    from dsl_scale.sampling.driver import run_sampling
+
+    run_sampling(cfg)
+
+
+def main() -> None:
+    from dsl_scale.sampling.config import register_sample_configs
+
+    hydra_main(run, config_name="sample", register=register_sample_configs)

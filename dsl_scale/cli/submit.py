@@ -1,0 +1,147 @@
+"""Submit a pretrain / finetune / sample job to SLURM from a `cluster/` config (configs/cluster/*.yaml).
+
+    python launchers/submit.py JOB [cluster=NAME] [cluster.KEY=VALUE ...] [--dry-run] [JOB OVERRIDES ...]
+    dsl-submit JOB ...                              (the console script: the same command)
+
+    python launchers/submit.py pretrain cluster.nodes=4 cluster.partition=gpu cluster.account=proj \
+        model=small run_dir=runs/small
+    python launchers/submit.py finetune cluster=deepspeed init_from=runs/small run_dir=runs/dsl --dry-run
+
+Arguments starting with `cluster` configure the job; the others are Hydra overrides for the entry point
+(launchers/JOB.py). The job script is launchers/slurm/JOB.sbatch; the cluster settings become sbatch options
+(which override its #SBATCH defaults) and DSL_* variables (read by launchers/slurm/job.sh). Training jobs
+get a fixed run directory (`runs/JOB-<time>` unless run_dir= is given) so that a requeued job resumes
+there, and their log is RUN_DIR/slurm-<job id>.out. `--dry-run` prints the sbatch command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsl_scale.launch import CONFIG_DIR
+
+REPO = Path(CONFIG_DIR).parent  # the checkout (an editable install): configs/, launchers/slurm/, runs/
+JOBS = ("pretrain", "finetune", "sample")
+TRAINING = ("pretrain", "finetune")
+LAUNCHERS = ("torchrun", "deepspeed")
+
+
+@dataclass
+class ClusterConfig:
+    nodes: int = 1
+    gpus_per_node: int = 8
+    ranks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    time: str = "24:00:00"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    launcher: str = "torchrun"
+    signal_seconds: int = 120
+    master_port: int | None = None
+    python: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    sbatch_args: list[str] = field(default_factory=list)
+
+    @property
+    def ranks(self) -> int:
+        return self.ranks_per_node or self.gpus_per_node or 1
+
+
+def load_cluster(overrides: list[str]) -> ClusterConfig:
+    """configs/cluster/<NAME>.yaml (`cluster=NAME`, default `default`), then `cluster.KEY=VALUE` overrides
+    (YAML values: cluster.env.NCCL_DEBUG=WARN, cluster.sbatch_args=[--exclusive]); unknown keys fail."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("cluster=")]
+    dotlist = [o for o in overrides if not o.startswith("cluster=")]
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        composed = compose(overrides=[f"+cluster={names[-1] if names else 'default'}"])
+    merged = OmegaConf.merge(OmegaConf.structured(ClusterConfig), composed.cluster,
+                             OmegaConf.from_dotlist(dotlist).get("cluster", {}))
+    cfg: ClusterConfig = OmegaConf.to_object(merged)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: ClusterConfig) -> None:
+    if cfg.launcher not in LAUNCHERS:
+        raise ValueError(f"cluster.launcher={cfg.launcher!r}: expected one of {LAUNCHERS}")
+    if cfg.nodes < 1 or cfg.ranks < 1 or cfg.gpus_per_node < 0:
+        raise ValueError(f"cluster.nodes={cfg.nodes}, ranks per node {cfg.ranks} and "
+                         f"cluster.gpus_per_node={cfg.gpus_per_node} must be positive")
+    for key, value in cfg.env.items():
+        if "," in str(value) or "=" in key:
+            raise ValueError(f"cluster.env.{key}={value!r}: sbatch --export cannot carry ',' in values")
+
+
+def sbatch_command(job: str, cfg: ClusterConfig, job_overrides: list[str], stamp: str) -> tuple[list[str], Path]:
+    """The sbatch command line, and the directory that will hold the job's log."""
+    if job not in JOBS:
+        raise ValueError(f"job {job!r}: expected one of {JOBS}")
+    overrides = list(job_overrides)
+    if job in TRAINING:
+        run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+        if not run_dirs:
+            run_dirs = [f"runs/{job}-{stamp}"]
+            overrides.append(f"run_dir={run_dirs[0]}")
+        log_dir = REPO / run_dirs[-1]
+    else:
+        log_dir = REPO / "runs" / "slurm-logs"
+    # torchrun: one task per node that starts all of its ranks; deepspeed's slurm backend: a task per rank.
+    tasks_per_node = cfg.ranks if cfg.launcher == "deepspeed" else 1
+    cmd = ["sbatch", "--parsable", f"--job-name=dsl-{job}", f"--nodes={cfg.nodes}",
+           f"--ntasks-per-node={tasks_per_node}", f"--time={cfg.time}", f"--output={log_dir}/slurm-%j.out"]
+    for option, value in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos),
+                          ("cpus-per-task", cfg.cpus_per_task)):
+        if value is not None:
+            cmd.append(f"--{option}={value}")
+    if cfg.gpus_per_node > 0:
+        cmd.append(f"--gpus-per-node={cfg.gpus_per_node}")
+    if job in TRAINING:
+        cmd.append(f"--signal=USR1@{cfg.signal_seconds}")
+    env = {"DSL_SCALE_ROOT": str(REPO), "DSL_LAUNCHER": cfg.launcher, "DSL_RANKS_PER_NODE": str(cfg.ranks)}
+    if cfg.master_port is not None:
+        env["DSL_MASTER_PORT"] = str(cfg.master_port)
+    if cfg.python is not None:
+        env["DSL_SCALE_PYTHON"] = cfg.python
+    env.update({k: str(v) for k, v in cfg.env.items()})
+    cmd.append("--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())]))
+    cmd += [*cfg.sbatch_args, str(REPO / "launchers" / "slurm" / f"{job}.sbatch"), *overrides]
+    return cmd, log_dir
+
+
+def submit(argv: list[str] | None = None) -> str:
+    """Submit (or with --dry-run print) the job; returns the SLURM job id ("" for a dry run)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job", choices=JOBS)
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch command instead of running it")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_cluster([a for a in rest if a.startswith("cluster")])
+    except Exception as err:  # hydra / omegaconf / our checks: one line naming the key is enough
+        parser.error(str(err).splitlines()[0])
+    cmd, log_dir = sbatch_command(args.job, cfg, [a for a in rest if not a.startswith("cluster")],
+                                  time.strftime("%Y%m%d-%H%M%S"))
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return ""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"sbatch failed ({result.returncode}): {result.stderr.strip()}")
+    job_id = result.stdout.strip().split(";")[0]
+    print(f"submitted job {job_id}; log {log_dir}/slurm-{job_id}.out")
+    return job_id
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    submit(argv)
+    return 0
