@@ -58,8 +58,9 @@ class Checkpointer:
             training.preload_layout_free(module, self.root, self.topo)
 
     # with the engine ---------------------------------------------------------------------------------------
-    def resume(self, engine) -> tuple[int, dict | None] | None:
-        """(step, EMA state) restored from `latest` into `engine`, or None when there is nothing to resume."""
+    def resume(self, engine) -> tuple[int, dict | None, Path] | None:
+        """(step, EMA state, the tag's directory) restored from `latest` into `engine`, or None when there is
+        nothing to resume."""
         if not self.resume_enabled:
             return None
         tag = agreed_latest(self.root)
@@ -68,7 +69,7 @@ class Checkpointer:
         client_state, ema_state = training.load(engine, self.root, tag, self.topo, self.ema_sharded)
         step = int(client_state["step"])
         check_same_step(step)
-        return step, ema_state
+        return step, ema_state, self.root / tag
 
     def save(self, engine, step: int, client_state: dict, ema_state: dict | None) -> Path:
         return training.save(engine, self.root, step, self.topo, {"step": step, **client_state}, ema_state,

@@ -25,8 +25,8 @@ def uniform(shape: tuple[int, ...], *keys: int) -> torch.Tensor:
     return torch.rand(shape, generator=generator(*keys), dtype=torch.float64)
 
 
-# Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw.
-TIME_STREAM = 1
+# Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw. MDLM's times and
+# masks both come from MASK_STREAM (1, once reserved for times, was never used).
 MASK_STREAM = 2
 DROPOUT_STREAM = 3
 EVAL_STREAM = 4

@@ -86,11 +86,11 @@ class Trainer:
         resumed = self.checkpointer.resume(self.engine)
         if resumed is None:
             return
-        self.step, ema_state = resumed
+        self.step, ema_state, tag_dir = resumed
         if self.ema is not None and ema_state is not None:
             self.ema.load_state_dict(ema_state)
         self.metrics.truncate_after(self.step)
-        self.log(f"resumed from {self.checkpointer.root} at step {self.step}")
+        self.log(f"resumed from {tag_dir} at step {self.step}")
 
     def save(self) -> None:
         self.checkpointer.save(self.engine, self.step, {"config": dataclasses.asdict(self.cfg)},
