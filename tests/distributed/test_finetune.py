@@ -45,10 +45,10 @@ def test_dsl_finetuning_from_an_mdlm_run_learns_on_two_ranks(wiki_shards, mdlm_r
     # model (the bound's tightness is tested against the exact posterior in tests/unit/test_dsl.py)
     assert 0 < bound["nelbo"] < 0.5 * 4 * 100 + 2 * math.log(vocab), bound
 
-    for sampler in ("dsl_continuous", "dsl_hybrid"):
+    for sampler, extra in (("dsl_continuous", []), ("dsl_hybrid", ["sampler.continuous_steps=2"])):
         samples = tmp_path / f"{sampler}.jsonl"
         run("python", "sample.py", 1, [f"checkpoint={tmp_path}", f"sampler={sampler}", "steps=6", "num_samples=2",
-                                       "sampler.continuous_steps=2", f"out={samples}"])
+                                       *extra, f"out={samples}"])
         records = [json.loads(line) for line in samples.read_text().splitlines()]
         assert [r["index"] for r in records] == [0, 1] and all(len(r["tokens"]) == 64 for r in records)
 
