@@ -322,8 +322,10 @@ def _check_declared(node: DictConfig, prefix: str) -> None:
     for key in node.keys():
         if declared is not None and key not in declared:
             raise ValueError(f"{prefix}{key} is not a key of {kind.__name__} ({prefix.rstrip('.') or 'the config'})")
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+            continue
+        child = node[key]
+        if isinstance(child, DictConfig):
             _check_declared(child, f"{prefix}{key}.")
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dsl_scale.config import check_parallel_layout
+
 
 def on_gpu() -> bool:
     return torch.cuda.is_available()
@@ -56,8 +58,6 @@ class Topology:
 
 def check_layout(world_size: int, tp: int, pp: int) -> None:
     """The world fits tp × pp (dsl_scale.config.check_parallel_layout, the one layout check)."""
-    from dsl_scale.config import check_parallel_layout
-
     check_parallel_layout(tp=tp, pp=pp, world_size=world_size)
 
 
