@@ -13,6 +13,7 @@ from pathlib import Path
 from dsl_scale.checkpoint import hf_mdlm, layout
 from dsl_scale.checkpoint.consolidated import write_consolidated
 from dsl_scale.checkpoint.readers import open_source
+from dsl_scale.config import check_parallel_layout
 from dsl_scale.core.files import atomic_directory, atomic_write_text
 
 TARGETS = ("consolidated", "deepspeed", "hf-mdlm")
@@ -20,8 +21,6 @@ TARGETS = ("consolidated", "deepspeed", "hf-mdlm")
 
 def check_layout(config: dict, tp: int, pp: int, vocab_size: int) -> None:
     """--tp/--pp (the new run's parallel.tp/pp) fit the saved model (dsl_scale.config.check_parallel_layout)."""
-    from dsl_scale.config import check_parallel_layout
-
     check_parallel_layout(config["model"], vocab_size, tp, pp)
 
 
