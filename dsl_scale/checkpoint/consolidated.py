@@ -115,7 +115,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], file: Path, dtype: torch.dtyp
         kind = cast(value[:0] if value.dim() else value.reshape(1)[:0]).dtype
         if kind not in _ST_DTYPES:
             raise TypeError(f"{name}: dtype {kind} cannot be stored in safetensors here")
-        size = value.numel() * torch.empty((), dtype=kind).element_size()
+        size = value.numel() * torch.empty((), dtype=kind, device="cpu").element_size()
         header[name] = {"dtype": _ST_DTYPES[kind], "shape": list(value.shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
 
 from dsl_scale.checkpoint import layout, training
 from dsl_scale.checkpoint.gather import full_state_dict
 from dsl_scale.checkpoint.init_from import load_full_weights, load_into
+from dsl_scale.core.device import collective_device
 from dsl_scale.core.files import atomic_path
 from dsl_scale.parallel.topology import Topology
 
@@ -45,10 +47,9 @@ class Checkpointer:
         params = dict(model.named_parameters())
         owned = [p for n, p in params.items() if n in missing
                  and (self.topo.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
-        count = torch.tensor([sum(p.numel() for p in owned)])
-        from megatron.core import parallel_state as ps
-
-        dist.all_reduce(count, group=ps.get_model_parallel_group())
+        group = ps.get_model_parallel_group()
+        count = torch.tensor([sum(p.numel() for p in owned)], device=collective_device(group))
+        dist.all_reduce(count, group=group)
         new = ", ".join(sorted(n for n in missing if n in params)) or "none"
         return f"initialised from {source}; new parameters: {int(count)} ({new})"
 
@@ -102,7 +103,8 @@ def check_same_step(step: int) -> None:
     """Every rank must have restored the same step; anything else means mixed checkpoints."""
     if not dist.is_initialized():
         return
-    low, high = torch.tensor([float(step)]), torch.tensor([float(step)])
+    device = collective_device()
+    low, high = torch.tensor([float(step)], device=device), torch.tensor([float(step)], device=device)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if low.item() != high.item():

@@ -81,7 +81,7 @@ def _like(param):
 
 
 def _step_tensor(step: int) -> torch.Tensor:
-    return torch.tensor(float(step), dtype=torch.float32)
+    return torch.tensor(float(step), dtype=torch.float32, device="cpu")  # torch's Adam keeps it on the CPU
 
 
 @torch.no_grad()

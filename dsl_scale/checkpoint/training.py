@@ -84,5 +84,5 @@ def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool) -> tup
         raise FileNotFoundError(f"checkpoint {root / tag} has no model states for this layout")
     ema_topo = topo if ema_sharded else Topology(**{**topo.__dict__, "dp_rank": 0})
     ema_path = root / tag / ema_filename(ema_topo)
-    ema_state = torch.load(ema_path, weights_only=True) if ema_path.exists() else None
+    ema_state = torch.load(ema_path, map_location="cpu", weights_only=True) if ema_path.exists() else None
     return client_state or {}, ema_state

@@ -18,11 +18,12 @@ def generator(*keys: int) -> torch.Generator:
 
 def per_example(positions: torch.Tensor, *keys: int) -> torch.Tensor:
     """One seed per example, `derive_seed(*keys, position)`, as an int64 tensor [len(positions)]."""
-    return torch.tensor([derive_seed(*keys, int(p)) for p in positions], dtype=torch.long)
+    return torch.tensor([derive_seed(*keys, int(p)) for p in positions], dtype=torch.long, device="cpu")
 
 
 def uniform(shape: tuple[int, ...], *keys: int) -> torch.Tensor:
-    return torch.rand(shape, generator=generator(*keys), dtype=torch.float64)
+    draws = generator(*keys)
+    return torch.rand(shape, generator=draws, dtype=torch.float64, device=draws.device)
 
 
 # Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw. MDLM's times and

@@ -61,14 +61,14 @@ class SNRDraw:
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device)
 
 
 def roar_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> tuple[torch.Tensor, int]:
     """Smoothed ROAR: k ~ U{0..L−1}, a random order; its first k positions near s_max, the rest below 1."""
-    k = int(torch.randint(0, seq_len, (), generator=generator))
-    order = torch.randperm(seq_len, generator=generator)
-    clean = torch.zeros(seq_len, dtype=torch.bool)
+    k = int(torch.randint(0, seq_len, (), generator=generator, device=generator.device))
+    order = torch.randperm(seq_len, generator=generator, device=generator.device)
+    clean = torch.zeros(seq_len, dtype=torch.bool, device=order.device)
     clean[order[:k]] = True
     high = _uniform((seq_len,), schedule.roar_clean_low * schedule.s_max, schedule.s_max, generator)
     low = _uniform((seq_len,), 0.0, schedule.roar_masked_high, generator)
@@ -77,25 +77,26 @@ def roar_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) ->
 
 def lognormal_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
     log_s = schedule.lognormal_mean + schedule.lognormal_std * torch.randn(
-        seq_len, generator=generator, dtype=torch.float64
+        seq_len, generator=generator, dtype=torch.float64, device=generator.device
     )
     return log_s.exp().clamp(max=schedule.s_clamp)
 
 
 def mdlm_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
     """Exact MDLM masking: t ~ U[0, 1); each position masked (s = 0) with prob (1 − ε)t, else clean (s = ∞)."""
-    t = torch.rand((), generator=generator, dtype=torch.float64)
-    masked = torch.rand(seq_len, generator=generator, dtype=torch.float64) < (1 - schedule.eps) * t
+    t = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device)
+    u = torch.rand(seq_len, generator=generator, dtype=torch.float64, device=generator.device)
+    masked = u < (1 - schedule.eps) * t
     return torch.where(masked, 0.0, math.inf).to(torch.float64)
 
 
 def draw_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> SNRDraw:
     """One sequence's SNRs. The generator is the caller's, seeded from (seed, step, example position)."""
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    u = float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
     if u < schedule.mdlm_fraction:
         snr = mdlm_snr(seq_len, schedule, generator)
-        return SNRDraw(snr, torch.ones(seq_len, dtype=torch.bool), MDLM)
-    continuous = torch.zeros(seq_len, dtype=torch.bool)
+        return SNRDraw(snr, torch.ones(seq_len, dtype=torch.bool, device=snr.device), MDLM)
+    continuous = torch.zeros(seq_len, dtype=torch.bool, device=generator.device)
     # The ROAR/log-normal choice reuses u, rescaled to [0, 1), so a sequence costs one branch draw.
     if (u - schedule.mdlm_fraction) / (1 - schedule.mdlm_fraction) < schedule.p_roar:
         snr, k = roar_snr(seq_len, schedule, generator)
@@ -135,12 +136,13 @@ def corrupt(tokens: torch.Tensor, keys: torch.Tensor, schedule: SNRSchedule, mas
         raise ValueError(f"{len(generators)} generators for a batch of {tokens.shape[0]} sequences")
     seq_len, dim = tokens.shape[1], keys.shape[1]
     draws = [draw_snr(seq_len, schedule, g) for g in generators]
-    noise = torch.stack([torch.randn(seq_len, dim, generator=g, dtype=torch.float64) for g in generators])
+    noise = torch.stack([torch.randn(seq_len, dim, generator=g, dtype=torch.float64, device=g.device)
+                         for g in generators])
     snr = torch.stack([d.snr for d in draws]).to(tokens.device)
     discrete = torch.stack([d.discrete for d in draws]).to(tokens.device)
     z = localize(keys, tokens, snr, noise.to(tokens.device))
     return Corrupted(z, snr, discrete, discrete_ids(tokens, snr, mask_id),
-                     torch.tensor([d.kind for d in draws]))
+                     torch.tensor([d.kind for d in draws], device="cpu"))
 
 
 def dsl_loss(nll: torch.Tensor) -> torch.Tensor:
@@ -192,8 +194,8 @@ class LikelihoodBound:
 
 def snr_grid(s_star: float = 100.0, points: int = 64, s_min: float = 1e-3) -> torch.Tensor:
     """0 followed by log-spaced SNRs up to s*: the integrand varies fastest at small s."""
-    return torch.cat([torch.zeros(1, dtype=torch.float64),
-                      torch.logspace(math.log10(s_min), math.log10(s_star), points - 1, dtype=torch.float64)])
+    logs = torch.logspace(math.log10(s_min), math.log10(s_star), points - 1, dtype=torch.float64, device="cpu")
+    return torch.cat([torch.zeros(1, dtype=torch.float64, device="cpu"), logs])
 
 
 def likelihood_bound(denoise: Denoiser, tokens: torch.Tensor, keys: torch.Tensor, grid: torch.Tensor,
@@ -213,8 +215,10 @@ def likelihood_bound(denoise: Denoiser, tokens: torch.Tensor, keys: torch.Tensor
     target = keys[repeated].double()
     mmse = []
     for s in grid.tolist():
-        noise = torch.randn(samples * b, seq_len, keys.shape[1], generator=generator, dtype=torch.float64)
-        z = localize(keys, repeated, torch.full(repeated.shape, s, dtype=torch.float64), noise.to(tokens.device))
+        noise = torch.randn(samples * b, seq_len, keys.shape[1], generator=generator, dtype=torch.float64,
+                            device=generator.device)
+        snr = torch.full(repeated.shape, s, dtype=torch.float64, device=repeated.device)
+        z = localize(keys, repeated, snr, noise.to(tokens.device))
         x_hat, nll = denoise(z, repeated)
         err = ((target - x_hat.double()) ** 2).sum(dim=(-1, -2))
         mmse.append(err.view(samples, b).mean(0))
@@ -236,8 +240,9 @@ def roar_bound(nll_given_clean: Callable[[torch.Tensor, torch.Tensor], torch.Ten
     """
     b, seq_len = tokens.shape
     repeated = tokens.repeat(samples, 1)
-    k = torch.randint(0, seq_len, (samples * b,), generator=generator)
-    ranks = torch.stack([torch.randperm(seq_len, generator=generator) for _ in range(samples * b)])
+    k = torch.randint(0, seq_len, (samples * b,), generator=generator, device=generator.device)
+    ranks = torch.stack([torch.randperm(seq_len, generator=generator, device=generator.device)
+                         for _ in range(samples * b)])
     clean = ranks < k[:, None]  # the positions whose rank in a random order is below k
     nll = nll_given_clean(repeated, clean.to(tokens.device)).double().cpu()
     estimate = seq_len / (seq_len - k.double()) * (nll * (~clean)).sum(-1)

@@ -20,5 +20,5 @@ def log_linear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 
 def antithetic_times(n: int, u: float, eps: float = 1e-3, dtype=torch.float64) -> torch.Tensor:
     """t_i = ((u + i)/n mod 1)·(1 − ε) + ε for i < n: evenly spread times with one random offset u."""
-    i = torch.arange(n, dtype=dtype)
+    i = torch.arange(n, dtype=dtype, device="cpu")
     return torch.remainder((u + i) / n, 1.0) * (1 - eps) + eps

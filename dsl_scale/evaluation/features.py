@@ -95,18 +95,19 @@ class MiniLMFeaturizer:
         """Per text, the token-count-weighted mean over its windows of each requested layer's states."""
         windows = [(i, w) for i, text in enumerate(texts) for w in self._windows(text)]
         width = max(len(w) for _, w in windows)
-        ids = torch.zeros(len(windows), width, dtype=torch.long)
-        mask = torch.zeros(len(windows), width, dtype=torch.long)
+        device = self.model.device
+        ids = torch.zeros(len(windows), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(windows), width, dtype=torch.long, device=device)
         for j, (_, w) in enumerate(windows):
-            ids[j, :len(w)], mask[j, :len(w)] = torch.tensor(w), 1
+            ids[j, :len(w)], mask[j, :len(w)] = torch.tensor(w, device=device), 1
         hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        owner = torch.tensor([i for i, _ in windows])
-        counts = torch.zeros(len(texts)).index_add_(0, owner, mask.sum(1).float())
+        owner = torch.tensor([i for i, _ in windows], device=device)
+        counts = torch.zeros(len(texts), device=device).index_add_(0, owner, mask.sum(1).float())
         pooled = []
         for layer in layers:
             states = hidden[layer] * mask[..., None]
-            sums = torch.zeros(len(texts), states.shape[-1]).index_add_(0, owner, states.sum(1))
-            pooled.append(sums / counts[:, None])
+            sums = torch.zeros(len(texts), states.shape[-1], device=device).index_add_(0, owner, states.sum(1))
+            pooled.append((sums / counts[:, None]).cpu())
         return pooled
 
 
@@ -144,13 +145,14 @@ class GPT2Featurizer:
             encoded = [(self.tokenizer.encode(t) or [self.tokenizer.eos_id])[: self.max_tokens]
                        for t in texts[start:start + self.batch_size]]
             width = max(len(e) for e in encoded)
-            ids = torch.zeros(len(encoded), width, dtype=torch.long)
-            mask = torch.zeros(len(encoded), width, dtype=torch.long)
+            device = self.model.device
+            ids = torch.zeros(len(encoded), width, dtype=torch.long, device=device)
+            mask = torch.zeros(len(encoded), width, dtype=torch.long, device=device)
             for j, e in enumerate(encoded):
-                ids[j, :len(e)], mask[j, :len(e)] = torch.tensor(e), 1
+                ids[j, :len(e)], mask[j, :len(e)] = torch.tensor(e, device=device), 1
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             last = mask.sum(1) - 1
-            rows.append(hidden[torch.arange(len(encoded)), last].float().numpy())
+            rows.append(hidden[torch.arange(len(encoded), device=device), last].float().cpu().numpy())
         return np.concatenate(rows)
 
 

@@ -44,11 +44,12 @@ def chunks(ids: list[int], context: int, bos_id: int) -> list[list[int]]:
 def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[float, int]:
     """Summed NLL of every id after each chunk's BOS, and how many ids that was."""
     width = max(len(c) for c in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    ids = torch.zeros(len(batch), width, dtype=torch.long, device="cpu")  # the scorer moves them to its model
+    mask = torch.zeros(len(batch), width, dtype=torch.long, device="cpu")
     for j, c in enumerate(batch):
-        ids[j, :len(c)], mask[j, :len(c)] = torch.tensor(c), 1
+        ids[j, :len(c)], mask[j, :len(c)] = torch.tensor(c, device="cpu"), 1
     logits = scorer.logits(ids, mask)[:, :-1].float()
+    ids, mask = ids.to(logits.device), mask.to(logits.device)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     scored = mask[:, 1:].bool()
     return float(nll[scored].double().sum()), int(scored.sum())

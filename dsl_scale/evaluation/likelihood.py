@@ -89,8 +89,8 @@ def validation_bound(checkpoint: str, shard_dir: str = "", split: str = "val", e
     total = 0.0
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        tokens = torch.stack([torch.as_tensor(data[i], dtype=torch.long) for i in idx])
-        total += float(bound(tokens, torch.tensor(idx), n)) * len(idx)
+        tokens = torch.stack([torch.as_tensor(data[i], dtype=torch.long, device="cpu") for i in idx])
+        total += float(bound(tokens, torch.tensor(idx, device="cpu"), n)) * len(idx)
     nelbo = sum(ranks.gather(total)) / n
     return {"objective": kind, "nelbo": nelbo, "ppl_bound": math.exp(min(nelbo, 700)), "examples": n,
             "seq_len": data.seq_len, "split": split, "data": str(data.path), "seed": seed,

@@ -8,6 +8,7 @@ import torch
 
 from dsl_scale.config import Config
 from dsl_scale.core import patches
+from dsl_scale.core.device import collective_device
 from dsl_scale.parallel.topology import MegatronMPU, Topology, on_gpu
 
 
@@ -111,12 +112,13 @@ def grad_norm(module: torch.nn.Module, tp_rank: int) -> float:
     """Global L2 norm of the gradients over the TP × PP group, each parameter counted once."""
     from megatron.core import parallel_state as ps
 
-    squares = torch.zeros((), dtype=torch.float64)
+    group = ps.get_model_parallel_group()
+    squares = torch.zeros((), dtype=torch.float64, device=collective_device(group))
     for param in module.parameters():
         owned = tp_rank == 0 or getattr(param, "tensor_model_parallel", False)
         if param.grad is not None and owned:
-            squares += _sum_of_squares(param.grad.detach())
-    torch.distributed.all_reduce(squares, group=ps.get_model_parallel_group())
+            squares += _sum_of_squares(param.grad.detach()).to(squares.device)
+    torch.distributed.all_reduce(squares, group=group)
     return float(squares.sqrt())
 
 

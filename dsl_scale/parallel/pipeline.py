@@ -28,6 +28,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from dsl_scale.core import patches
 from dsl_scale.core.batch import Prepared
+from dsl_scale.core.device import collective_device
 
 
 class _Stage:
@@ -98,8 +99,9 @@ def _same_across_stage_replicas(ints: list[int]) -> None:
     group = ps.get_data_parallel_group()
     if dist.get_world_size(group) == 1:
         return
-    values = torch.tensor([len(ints), *ints], dtype=torch.long)
-    length = torch.tensor([len(ints), -len(ints)], dtype=torch.long)
+    device = collective_device(group)
+    values = torch.tensor([len(ints), *ints], dtype=torch.long, device=device)
+    length = torch.tensor([len(ints), -len(ints)], dtype=torch.long, device=device)
     dist.all_reduce(length, op=dist.ReduceOp.MAX, group=group)
     if int(length[0]) != -int(length[1]):
         raise RuntimeError(f"ZeRO-3 module trace lengths differ between data-parallel replicas: {len(ints)} here")
@@ -154,8 +156,10 @@ def run_schedule(engine, micro_batches: list[Prepared], loss_fn: Callable,
 
 def last_stage_mean(losses: list[torch.Tensor]) -> torch.Tensor:
     """The mean loss, computed on the last stage and shared with every stage of the pipeline."""
-    value = torch.stack(losses).float().mean() if losses else torch.zeros(())
-    dist.all_reduce(value, group=ps.get_pipeline_model_parallel_group())
+    group = ps.get_pipeline_model_parallel_group()
+    device = collective_device(group)
+    value = torch.stack(losses).float().mean().to(device) if losses else torch.zeros((), device=device)
+    dist.all_reduce(value, group=group)
     return value
 
 

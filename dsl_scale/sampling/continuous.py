@@ -48,7 +48,7 @@ def snr_points(steps: int, s_min: float, s_max: float) -> list[float]:
     """T log-spaced SNRs from s_min to s_max (T = 1: just s_max)."""
     if steps == 1:
         return [s_max]
-    return torch.logspace(math.log10(s_min), math.log10(s_max), steps, dtype=torch.float64).tolist()
+    return torch.logspace(math.log10(s_min), math.log10(s_max), steps, dtype=torch.float64, device="cpu").tolist()
 
 
 def noise_std(s0: float, s1: float, g: float) -> float:
@@ -95,14 +95,14 @@ class Localizer:
 
 
 def _normal(generators: list[torch.Generator], shape: tuple[int, int]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in generators])
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64, device=g.device) for g in generators])
 
 
 def localize_path(loc: Localizer, seq_len: int, grid: list[float], g: float,
                   generators: list[torch.Generator]) -> torch.Tensor:
     """From z = 0 at s = 0 to z at s = grid[-1] [n, L, d] fp64; 2·len(grid) − 1 evaluations."""
     shape = (seq_len, loc.keys.shape[1])
-    z0 = torch.zeros(len(generators), *shape, dtype=torch.float64)
+    z0 = torch.zeros(len(generators), *shape, dtype=torch.float64, device="cpu")  # host-side state
     # Euler–Maruyama in z over [0, s_1]: z = s_1·x̂(0) + g·√s_1·ε, i.e. y = x̂(0) + g·ε/√s_1.
     y = loc.x_hat(z0) + g / math.sqrt(grid[0]) * _normal(generators, shape)
     for s0, s1 in zip(grid, grid[1:]):

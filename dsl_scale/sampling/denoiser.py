@@ -38,6 +38,8 @@ class ModelDenoiser:
         chunks = z.float().split(1) if self.batch_invariant else [z.float()]
         outs = []
         for chunk in chunks:
-            ids = torch.full(chunk.shape[:2], mask_id, dtype=torch.long)  # unused: no position is discrete
-            outs.append(self.model(ids, z=chunk, discrete=torch.zeros(chunk.shape[:2], dtype=torch.bool)))
+            # ids are unused: no position is discrete
+            ids = torch.full(chunk.shape[:2], mask_id, dtype=torch.long, device=chunk.device)
+            discrete = torch.zeros(chunk.shape[:2], dtype=torch.bool, device=chunk.device)
+            outs.append(self.model(ids, z=chunk, discrete=discrete))
         return torch.cat(outs)

@@ -40,7 +40,7 @@ def sample_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
 
 
 def time_grid(steps: int, t_final: float = 1e-5) -> list[float]:
-    return torch.linspace(1.0, t_final, steps + 1, dtype=torch.float64).tolist()
+    return torch.linspace(1.0, t_final, steps + 1, dtype=torch.float64, device="cpu").tolist()
 
 
 @torch.no_grad()
@@ -63,8 +63,8 @@ def sample(
     """
     sampler = sampler or SamplerConfig()
     n = len(indices)
-    x = torch.full((n, seq_len), mask_id, dtype=torch.long)
-    psi = torch.zeros(n, seq_len, dtype=torch.float64)  # x_θ prob of each token when it was unmasked
+    x = torch.full((n, seq_len), mask_id, dtype=torch.long, device="cpu")  # host-side sampler state
+    psi = torch.zeros(n, seq_len, dtype=torch.float64, device="cpu")  # x_θ prob of each token when it was unmasked
     return discrete_phase(denoise, x, psi, time_grid(steps, t_final), sample_generators(seed, indices),
                           sampler, SCHEDULES[sampler.name], mask_id, top_p, cache, trace)
 
@@ -85,8 +85,8 @@ def discrete_phase(
     """Runs `schedule` over the times `grid` (len(grid) − 1 steps, the last one the argmax of x_θ) from
     the state x [n, L] (ids, [MASK] where masked) and psi [n, L]; psi is updated in place."""
     n, steps = x.shape[0], len(grid) - 1
-    logits: list[torch.Tensor] = [torch.empty(0)] * n  # per sequence [L, V], [MASK] suppressed
-    stale = torch.ones(n, dtype=torch.bool)
+    logits: list[torch.Tensor] = [torch.empty(0, device=x.device)] * n  # per sequence [L, V], [MASK] suppressed
+    stale = torch.ones(n, dtype=torch.bool, device=x.device)
     nfe = [0] * n
     for k in range(steps):
         _refresh(denoise, x, logits, stale, mask_id)
@@ -101,7 +101,7 @@ def discrete_phase(
             for i, generator in enumerate(generators):
                 _step_one(new_x[i], psi[i], masked[i], logits[i], alpha_t, alpha_s, sigma[i], mask_id, top_p,
                           generator)
-        stale = (new_x != x).any(dim=-1) if cache else torch.ones(n, dtype=torch.bool)
+        stale = (new_x != x).any(dim=-1) if cache else torch.ones(n, dtype=torch.bool, device=x.device)
         x = new_x
         if trace is not None:
             trace(k, grid[k + 1], x)

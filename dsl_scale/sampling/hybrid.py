@@ -46,7 +46,8 @@ def sample_dsl_hybrid(denoise: ContinuousDenoiser, indices: list[int], seq_len: 
     x, psi = remask_draft(draft, psi, round(sampler.alpha_on * seq_len), mask_id)
     if trace is not None:
         trace(-1, sampler.t_on, x)
-    times = torch.linspace(sampler.t_on, t_final, steps - sampler.continuous_steps + 1, dtype=torch.float64)
+    times = torch.linspace(sampler.t_on, t_final, steps - sampler.continuous_steps + 1, dtype=torch.float64,
+                           device="cpu")
     result = discrete_phase(denoise, x, psi, times.tolist(), generators, sampler, loop, mask_id, top_p,
                             trace=trace)
     result.nfe = [loc.calls + n for n in result.nfe]

@@ -18,7 +18,7 @@ Schedule = Callable[[SamplerConfig, float, float, torch.Tensor, torch.Tensor], C
 
 
 def _constant(sigma: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.full(like.shape, sigma, dtype=torch.float64)
+    return torch.full(like.shape, sigma, dtype=torch.float64, device=like.device)
 
 
 def mdlm(cfg: SamplerConfig, t: float, s: float, psi: torch.Tensor, unmasked: torch.Tensor) -> Coefficients:

@@ -35,7 +35,8 @@ def nucleus_rows(logits: torch.Tensor, top_p: float) -> list[tuple[torch.Tensor,
     for logit_row, row in zip(logits.float(), probs):
         bins = ((logit_row.max() - logit_row) * _BINS_PER_NAT).clamp(max=_N_BINS - 1).long()
         mass = torch.bincount(bins, weights=row, minlength=_N_BINS).cumsum(dim=0)
-        last = int(torch.searchsorted(mass, torch.tensor([top_p], dtype=torch.float64)).clamp(max=_N_BINS - 1))
+        threshold = torch.tensor([top_p], dtype=torch.float64, device=mass.device)
+        last = int(torch.searchsorted(mass, threshold).clamp(max=_N_BINS - 1))
         candidates = (bins <= last).nonzero().flatten()
         v, order = row[candidates].sort(descending=True)
         i = candidates[order]
@@ -63,7 +64,7 @@ def transition_groups(
     Unmasked: stay 1 − σ, leave (to [MASK]) σ. Masked: stay (1 − α_s − σα_t)/(1 − α_t), leave (to a
     token drawn from x_θ) (α_s − (1 − σ)α_t)/(1 − α_t). Both written as in SPEC §5, not as 1 − other.
     """
-    sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(masked.shape)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=masked.device).expand(masked.shape)
     unmask_stay = ((1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
     unmask_leave = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
     stay = torch.where(masked, unmask_stay, 1 - sigma)
@@ -103,5 +104,5 @@ def gumbel_max(probs: torch.Tensor, gumbel: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device)
     return -torch.log(-torch.log(u.clamp_min(1e-300)))

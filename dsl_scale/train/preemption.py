@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dsl_scale.core.device import collective_device
+
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 REQUEUE_MARKER = "REQUEUE"
 STOP_SIGNALS = (signal.SIGUSR1,)
@@ -42,7 +44,7 @@ class StopSignal:
 
     def agreed(self) -> bool:
         """True on every rank when any rank has received a stop signal (a collective: all ranks call it)."""
-        flag = torch.tensor([1.0 if self.received else 0.0])
+        flag = torch.tensor([1.0 if self.received else 0.0], device=collective_device())
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

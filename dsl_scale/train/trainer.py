@@ -17,6 +17,7 @@ from dsl_scale.checkpoint.manager import Checkpointer
 from dsl_scale.config import Config, validate
 from dsl_scale.core import seeding
 from dsl_scale.core.batch import Prepared
+from dsl_scale.core.device import collective_device
 from dsl_scale.core.files import atomic_directory
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
 from dsl_scale.diffusion.objectives import build_objective
@@ -114,7 +115,7 @@ class Trainer:
                        stream: int) -> list[Prepared]:
         """Each sequence's draws (the objective's, and its dropout seed: used in training only) come from
         (seed, key, its position in the global batch), so they do not depend on the DP size."""
-        positions = torch.arange(first_position, first_position + len(tokens))
+        positions = torch.arange(first_position, first_position + len(tokens), device="cpu")
         batches = []
         for chunk, chunk_positions in zip(tokens.split(self.cfg.train.micro_batch),
                                           positions.split(self.cfg.train.micro_batch)):
@@ -166,14 +167,14 @@ class Trainer:
             raise ValueError(f"validation split has {len(self.val_data)} blocks, fewer than the DP size")
         self.engine.eval()
         first = self.topo.dp_rank * per_rank
-        tokens = torch.stack([torch.tensor(self.val_data[i], dtype=torch.long)
+        tokens = torch.stack([torch.tensor(self.val_data[i], dtype=torch.long, device="cpu")
                               for i in range(first, first + per_rank)])
         micro_batches = self._micro_batches(tokens, first, 0, n, seeding.EVAL_STREAM)
         if self.topo.pp > 1:
             losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=True)
             return self._dp_mean(pipeline.last_stage_mean(losses))
-        sizes = torch.tensor([len(b.inputs) for b in micro_batches], dtype=torch.float64)
         losses = torch.stack([self._forward_loss(b).double() for b in micro_batches])
+        sizes = torch.tensor([len(b.inputs) for b in micro_batches], dtype=torch.float64, device=losses.device)
         return self._dp_mean((losses * sizes).sum() / sizes.sum())
 
     def fit(self) -> None:
@@ -235,6 +236,6 @@ class Trainer:
 
     def _agree(self, flag: bool) -> bool:
         """All ranks take rank 0's decision (wall clocks differ between ranks)."""
-        value = torch.tensor([1.0 if flag else 0.0])
+        value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
         dist.broadcast(value, src=0)
         return bool(value.item())
