@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 OVERRIDE_ENV = "DSL_SCALE_UNTESTED_PATCHES"
 
@@ -83,35 +85,12 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-_RELEASE = re.compile(r"\s*v?(\d+(?:\.\d+)*)")
-_CLAUSE = re.compile(r"\s*(>=|<=|==|!=|<|>)\s*(\d+(?:\.\d+)*)\s*")
-_COMPARE = {
-    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
-}
-
-
-def _release(text: str) -> tuple[int, ...] | None:
-    match = _RELEASE.match(text)
-    return tuple(int(part) for part in match.group(1).split(".")) if match else None
-
-
 def version_in_range(version: str, tested: str) -> bool:
-    """Whether `version`'s release numbers (local / pre-release suffixes ignored: "2.13.0+cpu" is 2.13.0)
-    satisfy every comma-separated clause of `tested` (operators >=, <=, ==, !=, <, >)."""
-    release = _release(version)
-    if release is None:
+    """Whether `version` satisfies the PEP 440 range `tested` (local suffixes such as "+cpu" ignored)."""
+    try:
+        return SpecifierSet(tested).contains(Version(version), prereleases=True)
+    except InvalidVersion:
         return False
-    for clause in tested.split(","):
-        match = _CLAUSE.fullmatch(clause)
-        if match is None:
-            raise ValueError(f"cannot read the version range {tested!r} (clause {clause!r})")
-        op, bound_text = match.groups()
-        bound = tuple(int(part) for part in bound_text.split("."))
-        width = max(len(release), len(bound))
-        if not _COMPARE[op](release + (0,) * (width - len(release)), bound + (0,) * (width - len(bound))):
-            return False
-    return True
 
 
 def _override() -> bool:
