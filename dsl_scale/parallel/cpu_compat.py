@@ -33,8 +33,6 @@ DATA_PARALLEL_RNG = "data-parallel-rng"
 
 PATCH = "megatron-cpu-bridge"
 
-_installed = False  # mirrors patches.is_applied(PATCH)
-
 
 def _cpu_device(device):
     if device is None:
@@ -135,7 +133,6 @@ def install() -> bool:
 
 @patches.implements(PATCH)
 def _bridge_to_cpu():
-    global _installed
     import importlib
 
     from megatron.core.tensor_parallel import random as megatron_random
@@ -148,14 +145,11 @@ def _bridge_to_cpu():
         module.torch = cpu_torch
     megatron_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
-    _installed = True
 
     def undo() -> None:
-        global _installed
         for module, original in zip(modules, original_torch):
             module.torch = original
         megatron_random._CUDA_RNG_STATE_TRACKER, megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = original_tracker
-        _installed = False
 
     return undo
 

@@ -69,6 +69,5 @@ def test_install_bridges_only_the_megatron_modules():
 
 
 def test_install_is_inert_when_a_gpu_is_present(monkeypatch):
-    monkeypatch.setattr(cpu_compat, "_installed", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu_compat.install() is False
