@@ -151,6 +151,7 @@ def ObjectiveConfig(name: str = "mdlm", **fields: Any) -> Objective:  # noqa: N8
 
 DATA_FORMATS = ("mds", "wds", "both")  # data/writers.py FORMATS has one entry per choice
 PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "nccl", "gloo")  # parallel.backend (parallel/topology.py process_group_backend)
 
 
 @dataclass
@@ -171,6 +172,10 @@ class DataConfig:
 
 @dataclass
 class ParallelConfig:
+    # torch.distributed's backend. auto: nccl when CUDA is available, else gloo, except that a process the
+    # launcher gave GPUs (SLURM_*GPUS*, CUDA_VISIBLE_DEVICES) but CUDA cannot see is refused, not run on gloo;
+    # nccl: CUDA required; gloo: always (collectives on CPU tensors).
+    backend: str = choice("auto", *BACKENDS)
     tp: int = 1
     pp: int = 1
     zero_stage: int = 0

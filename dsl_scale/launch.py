@@ -52,12 +52,33 @@ def slurm_environment(environ: dict | None = None) -> None:
                LOCAL_WORLD_SIZE=str(tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], int(env["SLURM_NODEID"]))))
 
 
+def check_ranks_per_node(environ: dict | None = None, visible_gpus: int | None = None) -> None:
+    """Before any work: every node runs the same number of ranks (LOCAL_WORLD_SIZE divides WORLD_SIZE), and
+    on GPUs each of them has its own (LOCAL_WORLD_SIZE <= the visible GPUs; None: asks torch). Raises
+    RuntimeError naming the numbers."""
+    env = os.environ if environ is None else environ
+    if "LOCAL_WORLD_SIZE" not in env or "WORLD_SIZE" not in env:
+        return
+    world, local = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+    if world % local:
+        raise RuntimeError(f"{local} ranks on this node (LOCAL_WORLD_SIZE) do not divide the world size {world}: "
+                           "start the same number of ranks (GPUs) on every node")
+    if visible_gpus is None:
+        import torch
+
+        visible_gpus = torch.cuda.device_count()
+    if 0 < visible_gpus < local:
+        raise RuntimeError(f"{local} ranks on this node but {visible_gpus} visible GPU(s): ranks would share a "
+                           "GPU; start one rank per GPU (--nproc-per-node, --gpus-per-node)")
+
+
 def hydra_main(run: Callable, config_name: str, register: Callable[[], None]) -> None:
     """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore."""
     from dsl_scale.parallel.topology import prepare_environment
 
     sys.argv = strip_launcher_args(sys.argv)
     slurm_environment()
+    check_ranks_per_node()
     prepare_environment()
 
     import hydra

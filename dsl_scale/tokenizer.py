@@ -4,6 +4,8 @@
 come from the `gpt2.tiktoken` file that ships inside the `openai-whisper` package. We only read that
 file; `whisper` itself is never imported (it would pull in heavy dependencies).
 "char": text8-style characters (a-z and space) plus <|endoftext|> and [MASK] (`CharTokenizer`).
+"synthetic" (64 symbols) or "synthetic-N" (N symbols): the ids of the `synthetic-hmm` data source
+(`SyntheticTokenizer`).
 """
 
 from __future__ import annotations
@@ -159,18 +161,61 @@ class CharTokenizer(Tokenizer):
         return "".join(self._pieces[i] for i in ids)
 
 
-_FACTORIES: dict[str, Callable[[], Tokenizer]] = {"gpt2": GPT2Tokenizer, "char": CharTokenizer}
+class SyntheticTokenizer(Tokenizer):
+    """N abstract symbols (ids 0..N-1, written `s0 s1 …`), BOS = EOS = <|endoftext|> = N, [MASK] = N + 1.
+    Named "synthetic" for N = 64 (the `synthetic-hmm` default), else "synthetic-N"."""
+
+    DEFAULT_SYMBOLS = 64
+
+    def __init__(self, symbols: int = DEFAULT_SYMBOLS) -> None:
+        if symbols < 1:
+            raise ValueError(f"a synthetic tokenizer needs at least one symbol, got {symbols}")
+        self.symbols = symbols
+        self.name = "synthetic" if symbols == self.DEFAULT_SYMBOLS else f"synthetic-{symbols}"
+        self.vocab_size = symbols + 2
+        self.eos_id = self.bos_id = symbols
+        self.mask_id = symbols + 1
+
+    def encode(self, text: str) -> list[int]:
+        """Whitespace-separated symbols `sK`; anything else is an error naming it."""
+        ids = []
+        for word in text.split():
+            k = int(word[1:]) if word[:1] == "s" and word[1:].isdigit() else -1
+            if not 0 <= k < self.symbols:
+                raise ValueError(f"{word!r} is not a symbol of the {self.name} tokenizer (s0 … s{self.symbols - 1})")
+            ids.append(k)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = _to_int_list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside the {self.name} vocabulary (0..{self.vocab_size - 1})")
+        specials = {self.eos_id: ENDOFTEXT, self.mask_id: MASK_TEXT}
+        return " ".join(specials.get(i, f"s{i}") for i in ids)
+
+
+_FACTORIES: dict[str, Callable[[], Tokenizer]] = {"gpt2": GPT2Tokenizer, "char": CharTokenizer,
+                                                  "synthetic": SyntheticTokenizer}
+_SYNTHETIC_N = re.compile(r"synthetic-([1-9][0-9]*)")
 
 
 def get_tokenizer(name: str = "gpt2") -> Tokenizer:
     """Return the tokenizer called `name`, built once per process."""
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(_FACTORIES))}")
+    if name not in _FACTORIES and not _SYNTHETIC_N.fullmatch(name):
+        raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(_FACTORIES))}, "
+                         "synthetic-N (N symbols)")
     return _build(name)
 
 
 @functools.cache
 def _build(name: str) -> Tokenizer:
+    synthetic = _SYNTHETIC_N.fullmatch(name)
+    if synthetic:
+        tokenizer = SyntheticTokenizer(int(synthetic[1]))
+        if tokenizer.name != name:  # "synthetic-64" is spelled "synthetic"
+            raise ValueError(f"tokenizer {name!r}: call it {tokenizer.name!r}")
+        return tokenizer
     return _FACTORIES[name]()
 
 

@@ -39,16 +39,22 @@ OVERHEAD_TARGET = 0.05
 _PER_TOKEN_WEIGHTS = re.compile(r"^(blocks\.\d+\.(attn_qkv|attn_out|mlp_fc1|mlp_fc2)|output_layer\.linear)\.weight$")
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Dense fp32 matmul FLOP/s: the best of `repeats` timed n × n products (after one warm-up)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                inner: int = 1) -> float:
+    """Dense matmul FLOP/s: the best of `repeats` timings of `inner` n × n products each (after one warm-up),
+    on `device` in `dtype` (tools/gpu_smoke.sh: bf16 on the GPU, inner > 1 so that launch gaps do not count)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.mm(a, b)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        torch.mm(a, b)
+        for _ in range(inner):
+            torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+    return 2 * size**3 * inner / best
 
 
 def per_token_weights(model: torch.nn.Module) -> int:

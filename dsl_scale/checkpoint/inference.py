@@ -1,29 +1,50 @@
 """A trained checkpoint (saved at any TP × PP × ZeRO layout, or consolidated) as a model for inference in
-one process."""
+one process, on this rank's compute device (core/device.py) and in the precision asked for."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from dsl_scale.checkpoint.readers import load_model_weights, load_training_config, resolve_checkpoint
 from dsl_scale.config import Config, config_from_saved
+from dsl_scale.core.device import compute_device
 from dsl_scale.model import DiT
 from dsl_scale.model.factory import build_dit
 from dsl_scale.tokenizer import Tokenizer, get_tokenizer
 
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 @dataclass
 class LoadedModel:
-    model: DiT  # eval mode
+    model: DiT  # eval mode, on `device`, parameters in `precision`
     train_config: Config
     tokenizer: Tokenizer
     checkpoint_dir: Path
     weights: str  # "ema" or "model"
+    device: torch.device
+    precision: str  # "fp32" or "bf16" (resolved)
 
 
-def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedModel:
-    """Needs megatron-core's process groups (a world of one is enough: see parallel.topology)."""
+def inference_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 on an accelerator (what training used there), fp32 on CPU (bf16 matmuls are slow on CPUs)."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {INFERENCE_PRECISIONS}")
+    if precision == "auto":
+        return "fp32" if device.type == "cpu" else "bf16"
+    return precision
+
+
+def load_for_inference(checkpoint: str | Path, weights: str = "auto", precision: str = "auto",
+                       device: torch.device | None = None) -> LoadedModel:
+    """Needs megatron-core's process groups (a world of one is enough: see parallel.topology). The model is
+    built and loaded on the CPU, then moved to `device` (default: compute_device()) in `precision`."""
+    device = compute_device() if device is None else torch.device(device)
+    resolved = inference_precision(precision, device)
     tag_dir = resolve_checkpoint(checkpoint)
     saved = load_training_config(tag_dir)
     train_cfg = config_from_saved(saved)
@@ -37,4 +58,5 @@ def load_for_inference(checkpoint: str | Path, weights: str = "auto") -> LoadedM
     if missing or result.unexpected_keys:
         raise KeyError(f"{tag_dir}: weights do not fit the model (missing {missing[:5]}, "
                        f"unexpected {result.unexpected_keys[:5]})")
-    return LoadedModel(model.eval(), train_cfg, tokenizer, tag_dir, which)
+    model = model.to(device=device, dtype=_DTYPES[resolved])
+    return LoadedModel(model.eval(), train_cfg, tokenizer, tag_dir, which, device, resolved)

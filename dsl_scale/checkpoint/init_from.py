@@ -55,5 +55,5 @@ def load_into(module: nn.Module, full: dict[str, torch.Tensor], tp_rank: int) ->
         source = _shard(full[name], tensor, tp_rank)
         if source.shape != tensor.shape:
             raise ValueError(f"{name}: checkpoint shape {tuple(full[name].shape)} does not fit {tuple(tensor.shape)}")
-        tensor.copy_(source.to(tensor.dtype))
+        tensor.copy_(source.to(device=tensor.device, dtype=tensor.dtype))
     return missing

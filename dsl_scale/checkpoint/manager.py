@@ -36,9 +36,11 @@ class Checkpointer:
         """Fine-tuning: weights from another run or export (the optimizer starts fresh). Parameters the source
         lacks keep their initialisation, and a DSL converter the source lacks is rebuilt from the loaded
         embedding. Returns a line for the log."""
-        missing = load_into(model, load_full_weights(source), self.topo.tp_rank)
+        full = load_full_weights(source)
+        missing = load_into(model, full, self.topo.tp_rank)
         if any(name.startswith("converter.") for name in missing):
-            model.init_converter()
+            embedding = full.get("vocab_embed.weight")  # the whole table: no collective for the [MASK] row
+            model.init_converter(None if embedding is None else embedding[model.cfg.mask_id])
         elif hasattr(model, "converter") and dsl_keys is not None and not torch.equal(model.converter.keys, dsl_keys):
             raise ValueError(f"{source}: its DSL keys differ from objective.key_dim/key_seed")
         unexpected = [m for m in missing if not m.startswith("converter.")]

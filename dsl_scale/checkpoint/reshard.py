@@ -80,7 +80,19 @@ def _like(param):
     return _Shape(param)
 
 
+def _masters(optimizer, named: dict) -> dict[str, torch.Tensor]:
+    """name → the tensor AdamW updates for that parameter without ZeRO: the parameter itself (fp32), or its fp32
+    master copy under DeepSpeed's bf16 wrapper (FP16_UnfusedOptimizer: fp16_groups[i][j] ↔ fp32_groups[i][j]),
+    whose AdamW state is keyed by the copies (state keyed by the bf16 parameter would never be read)."""
+    masters = {id(p): p for p in named.values()}
+    for low, high in zip(getattr(optimizer, "fp16_groups", []), getattr(optimizer, "fp32_groups", [])):
+        masters.update({id(lp): hp for lp, hp in zip(low, high)})
+    return {name: masters[id(param)] for name, param in named.items()}
+
+
 def _step_tensor(step: int) -> torch.Tensor:
+    """AdamW's update count from the checkpoint; it replaces any count already there (DeepSpeed's bf16 wrapper
+    creates the state with one step on zero gradients when it is built)."""
     return torch.tensor(float(step), dtype=torch.float32, device="cpu")  # torch's Adam keeps it on the CPU
 
 
@@ -92,18 +104,18 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
     local = {name: _shard(full[name], _like(p), tp_rank).float() for name, p in named.items()}
     optimizer = engine.optimizer
     stage = engine.zero_optimization_stage() if engine.zero_optimization() else 0
-    if stage > 0:  # ZeRO's optimizer internals, below, as DeepSpeed 0.19 lays them out
+    if stage > 0 or hasattr(optimizer, "fp32_groups"):  # DeepSpeed's optimizer internals, as 0.19 lays them out
         patches.require(ZERO_OPTIMIZER_STATE)
     if stage == 0:
-        for name, param in named.items():
-            state = optimizer.state[param]
-            state.setdefault("step", _step_tensor(step))
-            state[key] = local[name].to(param.dtype).reshape(param.shape).clone()
+        for name, master in _masters(optimizer, named).items():  # fp32 moments, where the master weights are
+            state = optimizer.state[master]
+            state["step"] = _step_tensor(step)
+            state[key] = local[name].to(device=master.device, dtype=torch.float32).reshape(master.shape).clone()
     elif stage in (1, 2):
         names = {id(p): n for n, p in named.items()}
         for group, flat in enumerate(optimizer.single_partition_of_fp32_groups):
             state = optimizer.optimizer.state[flat]
-            state.setdefault("step", _step_tensor(step))
+            state["step"] = _step_tensor(step)
             buffer = state.setdefault(key, torch.zeros_like(flat))
             for param in optimizer.bit16_groups[group]:
                 mapping = getattr(param, "_hp_mapping", None)
@@ -115,7 +127,7 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
     else:
         for flat in optimizer.fp32_partitioned_groups_flat:
             state = optimizer.optimizer.state[flat]
-            state.setdefault("step", _step_tensor(step))
+            state["step"] = _step_tensor(step)
             state.setdefault(key, torch.zeros_like(flat))
         for name, param in named.items():
             optimizer.set_full_hp_param(local[name], param, key)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from dsl_scale.checkpoint import layout, reshard
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, is_consolidated
+from dsl_scale.core.device import compute_device
 from dsl_scale.core.files import atomic_torch_save, atomic_write_text
 from dsl_scale.parallel.topology import Topology
 
@@ -84,5 +85,6 @@ def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool) -> tup
         raise FileNotFoundError(f"checkpoint {root / tag} has no model states for this layout")
     ema_topo = topo if ema_sharded else Topology(**{**topo.__dict__, "dp_rank": 0})
     ema_path = root / tag / ema_filename(ema_topo)
-    ema_state = torch.load(ema_path, map_location="cpu", weights_only=True) if ema_path.exists() else None
+    # onto this rank's device (the saving rank's GPU is recorded in the file and may be another rank's)
+    ema_state = torch.load(ema_path, map_location=compute_device(), weights_only=True) if ema_path.exists() else None
     return client_state or {}, ema_state

@@ -37,6 +37,12 @@ def _flat_state(optim: dict) -> tuple[list[torch.Tensor], list[dict]]:
     return list(groups), [base.get(g, {}) for g in range(len(groups))]
 
 
+def _zero0_state(model_states: dict) -> dict:
+    """Stage 0's torch optimizer state (by parameter index); in bf16 DeepSpeed's wrapper saves it one level down."""
+    optimizer = model_states["optimizer"]
+    return optimizer["optimizer_state_dict"]["state"] if "optimizer_state_dict" in optimizer else optimizer["state"]
+
+
 def _shapes_of(model_states: dict) -> dict[str, torch.Size]:
     """Parameter name → full shape, from a DeepSpeed model-states file's `param_shapes` (one dict per group)."""
     shapes: dict = {}
@@ -95,7 +101,7 @@ class TrainingCheckpoint:
         """Adam's update count (bias correction), read from the moments."""
         mp = 0
         if self.zero_stage == 0:
-            state = torch_load(self.dir / self._model_name(mp))["optimizer"]["state"]
+            state = _zero0_state(torch_load(self.dir / self._model_name(mp)))
             return int(next(iter(state.values()))["step"]) if state else 0
         _, moments = _flat_state(torch_load(self.dir / self._optim_name(0, mp)))
         return int(moments[0]["step"]) if moments and "step" in moments[0] else 0
@@ -136,7 +142,7 @@ class TrainingCheckpoint:
             states = torch_load(self.dir / self._model_name(mp))
             buffers = set(states.get("buffer_names") or [])
             names = [k for k, v in states["module"].items() if torch.is_tensor(v) and k not in buffers]
-            state = states["optimizer"]["state"]
+            state = _zero0_state(states)
             return {name: state[i][kind].float() for i, name in enumerate(names)}
         return self._zero12_moments(mp, kind)
 

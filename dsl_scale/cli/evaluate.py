@@ -1,8 +1,12 @@
-"""Evaluate samples (MAUVE, generative perplexity, entropy) and checkpoints (NELBO) into results.json.
+"""Evaluate samples (MAUVE, Fréchet distance, generative perplexity, entropy, exact likelihood on synthetic data)
+and checkpoints (NELBO, calibration, self-correction) into results.json.
 
     python launchers/evaluate.py samples=FILE.jsonl reference=SHARD_DIR metrics=[mauve,gen_ppl,entropy] \
         scorer=RUN_OR_HF_DIR out=results.json                       (or `dsl-evaluate samples=FILE.jsonl ...`)
     python launchers/evaluate.py metrics=[nelbo] checkpoint=RUN_DIR reference=SHARD_DIR
+    python launchers/evaluate.py samples=FILE.jsonl reference=HMM_SHARD_DIR metrics=[mauve,frechet,hmm_nll] \
+        featurizer=ar featurizer_path=AR_RUN_DIR                    (in-domain features, exact likelihood)
+    python launchers/evaluate.py metrics=[calibration,self_correction] checkpoint=RUN_DIR reference=SHARD_DIR
 Also under `torchrun --nproc_per_node N`: features and perplexities are computed on a slice per rank.
 """
 

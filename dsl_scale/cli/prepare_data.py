@@ -15,7 +15,8 @@ from dsl_scale.data.writers import DEFAULT_SHARD_SIZE_BYTES, FORMATS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", default="wikipedia-sample",
-                        help="wikipedia-sample, packaged-english, or a .txt / .jsonl / .jsonl.zst / "
+                        help="wikipedia-sample, packaged-english, synthetic-hmm[-states64-symbols64-succ4-seed0-"
+                             "n65536] (with --tokenizer synthetic), or a .txt / .jsonl / .jsonl.zst / "
                              "Wikipedia .xml[.bz2] dump file, or a folder of them (e.g. OpenWebText .txt files)")
     parser.add_argument("--out", required=True, help="output directory (train/, val/, manifest.json)")
     parser.add_argument("--seq-len", type=int, required=True, help="block length L incl. BOS and EOS")

@@ -1,14 +1,17 @@
 """Reproduce the paper's comparison at CPU scale (SPEC §5): MDLM vs DSL fine-tuning under ReMDM sampling.
 
-    python tools/reproduce.py                       # configs/experiment/full.yaml, into runs/reproduce
-    python tools/reproduce.py --quick               # configs/experiment/quick.yaml: a few minutes
+    python tools/reproduce.py                       # configs/experiment/full.yaml (text), into runs/reproduce
+    python tools/reproduce.py --config synthetic    # configs/experiment/synthetic.yaml: the synthetic-hmm testbed
+    python tools/reproduce.py --quick               # configs/experiment/quick.yaml: a few minutes (CI)
     python tools/reproduce.py --config my.yaml --out runs/mine sample.num_samples=400   # key=value overrides
     dsl-reproduce [--quick] ...                     # the console script: the same command
 
 Stages: prepare data → pretrain MDLM → from it, fine-tune DSL and continue MDLM for the same steps →
-train the AR scorer → for every T and method, sample and evaluate (MAUVE, gen-PPL, entropy) → results.md,
-results.json and mauve_vs_nfe.png in the output directory. Every finished stage is recorded under
-OUT/stages/ and skipped when the command is run again, so an interrupted run continues where it stopped.
+train the AR model (gen-PPL scorer, in-domain MAUVE / Fréchet features) → for every T, method and sampling
+seed, sample and evaluate (with sanity rows and bootstrap intervals) → the paper's analyses of each arm
+(calibration, self-correction) → results.md, results.json and quality_vs_nfe.png in the output directory.
+Every finished stage is recorded under OUT/stages/ and skipped when the command is run again, so an
+interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     layout.root.mkdir(parents=True, exist_ok=True)
     stages = build_stages(experiment, layout)
     print(f"[reproduce] experiment {experiment.name!r} into {layout.root}: {len(stages)} stages, "
-          f"tokenizer {experiment.data.tokenizer}, T grid {list(experiment.sample.steps)}", flush=True)
+          f"data {experiment.data.source} (tokenizer {experiment.data.tokenizer}), T grid "
+          f"{list(experiment.sample.steps)}, sampling seeds {list(experiment.sample.seeds)}", flush=True)
     started = time.time()
     try:
         records = run_stages(stages, layout)
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = sum(r["seconds"] for r in records)  # every stage's own time, also when earlier runs did some
     write_report(experiment, layout, records, wall, plot=not args.no_plot)
     print(f"[reproduce] wrote {layout.root / 'results.md'}, results.json"
-          f"{'' if args.no_plot else ', mauve_vs_nfe.png'} ({time.time() - started:.0f} s this time, "
+          f"{'' if args.no_plot else ', quality_vs_nfe.png'} ({time.time() - started:.0f} s this time, "
           f"{wall / 60:.1f} min in all)\n", flush=True)
     print((layout.root / "results.md").read_text())
     return 0

@@ -4,6 +4,8 @@
         steps=T num_samples=N seed=S out=FILE.jsonl                 (or `dsl-sample checkpoint=RUN_DIR ...`)
     torchrun --nproc_per_node N launchers/sample.py ...   (the indices are split over the ranks)
 
+Each rank samples on its compute device (cuda:LOCAL_RANK when there is a GPU), by default in bf16 with batched
+forwards there and in fp32 one sequence per forward on CPU (`precision=`, `batch_invariant=`).
 Running the same command again resumes: indices already written are skipped.
 """
 

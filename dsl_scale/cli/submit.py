@@ -6,6 +6,11 @@
     python launchers/submit.py pretrain cluster.nodes=4 cluster.partition=gpu cluster.account=proj \
         model=small run_dir=runs/small
     python launchers/submit.py finetune cluster=deepspeed init_from=runs/small run_dir=runs/dsl --dry-run
+    python launchers/submit.py pretrain cluster=gpu_4node preset=gpu_small_4node run_dir=runs/small
+
+A training job's config is composed and validated at the cluster's world size (nodes × ranks per node) before
+anything is submitted: a batch that does not divide by micro-batch × DP, a layout that does not fit, or TP
+groups that would span nodes are errors here rather than in a queued job.
 
 Arguments starting with `cluster` configure the job; the others are Hydra overrides for the entry point
 (launchers/JOB.py). The job script is launchers/slurm/JOB.sbatch; the cluster settings become sbatch options
@@ -42,6 +47,7 @@ class ClusterConfig:
     account: str | None = None
     qos: str | None = None
     launcher: str = "torchrun"
+    exclusive: bool = True  # whole nodes (--exclusive); false: --oversubscribe, share nodes with other jobs
     signal_seconds: int = 120
     master_port: int | None = None
     python: str | None = None
@@ -76,9 +82,31 @@ def check(cfg: ClusterConfig) -> None:
     if cfg.nodes < 1 or cfg.ranks < 1 or cfg.gpus_per_node < 0:
         raise ValueError(f"cluster.nodes={cfg.nodes}, ranks per node {cfg.ranks} and "
                          f"cluster.gpus_per_node={cfg.gpus_per_node} must be positive")
+    if cfg.gpus_per_node > 0 and cfg.ranks > cfg.gpus_per_node:
+        raise ValueError(f"cluster.ranks_per_node={cfg.ranks} > cluster.gpus_per_node={cfg.gpus_per_node}: ranks "
+                         "would share a GPU")
     for key, value in cfg.env.items():
         if "," in str(value) or "=" in key:
             raise ValueError(f"cluster.env.{key}={value!r}: sbatch --export cannot carry ',' in values")
+
+
+def check_job_config(job: str, cfg: ClusterConfig, job_overrides: list[str]) -> None:
+    """A training job's config, composed from its overrides and validated at the cluster's world size (the same
+    checks the ranks run at start, dsl_scale/config.py `validate`); tensor-parallel groups must not span nodes."""
+    if job not in TRAINING:
+        return
+    from hydra import compose, initialize_config_dir
+
+    from dsl_scale.config import register_configs, to_config, validate
+
+    register_configs()
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        train_cfg = to_config(compose("config" if job == "pretrain" else job, overrides=list(job_overrides)))
+    world = cfg.nodes * cfg.ranks
+    validate(train_cfg, world)
+    if cfg.nodes > 1 and cfg.ranks % train_cfg.parallel.tp:
+        raise ValueError(f"parallel.tp={train_cfg.parallel.tp} does not divide the {cfg.ranks} ranks per node "
+                         f"(cluster.gpus_per_node / cluster.ranks_per_node): tensor-parallel groups would span nodes")
 
 
 def sbatch_command(job: str, cfg: ClusterConfig, job_overrides: list[str], stamp: str) -> tuple[list[str], Path]:
@@ -104,6 +132,9 @@ def sbatch_command(job: str, cfg: ClusterConfig, job_overrides: list[str], stamp
             cmd.append(f"--{option}={value}")
     if cfg.gpus_per_node > 0:
         cmd.append(f"--gpus-per-node={cfg.gpus_per_node}")
+    # The templates ask for --exclusive; sbatch has no --no-exclusive, and --oversubscribe overrides it (the
+    # partition's OverSubscribe setting still decides whether CPUs are shared).
+    cmd.append("--exclusive" if cfg.exclusive else "--oversubscribe")
     if job in TRAINING:
         cmd.append(f"--signal=USR1@{cfg.signal_seconds}")
     env = {"DSL_SCALE_ROOT": str(REPO), "DSL_LAUNCHER": cfg.launcher, "DSL_RANKS_PER_NODE": str(cfg.ranks)}
@@ -123,12 +154,13 @@ def submit(argv: list[str] | None = None) -> str:
     parser.add_argument("job", choices=JOBS)
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch command instead of running it")
     args, rest = parser.parse_known_args(argv)
+    job_overrides = [a for a in rest if not a.startswith("cluster")]
     try:
         cfg = load_cluster([a for a in rest if a.startswith("cluster")])
+        check_job_config(args.job, cfg, job_overrides)
     except Exception as err:  # hydra / omegaconf / our checks: one line naming the key is enough
         parser.error(str(err).splitlines()[0])
-    cmd, log_dir = sbatch_command(args.job, cfg, [a for a in rest if not a.startswith("cluster")],
-                                  time.strftime("%Y%m%d-%H%M%S"))
+    cmd, log_dir = sbatch_command(args.job, cfg, job_overrides, time.strftime("%Y%m%d-%H%M%S"))
     if args.dry_run:
         print(shlex.join(cmd))
         return ""
@@ -139,7 +171,6 @@ def submit(argv: list[str] | None = None) -> str:
     job_id = result.stdout.strip().split(";")[0]
     print(f"submitted job {job_id}; log {log_dir}/slurm-{job_id}.out")
     return job_id
-
 
 
 def main(argv: list[str] | None = None) -> int:

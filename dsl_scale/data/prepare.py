@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from dsl_scale.data.packing import pack_blocks
 from dsl_scale.data.sources import iter_documents
+from dsl_scale.data.synthetic_hmm import HMMSpec, hmm_blocks, is_synthetic, parse_source, sequence_length
 from dsl_scale.data.writers import (
     DEFAULT_SHARD_SIZE_BYTES,
     FORMATS,
@@ -78,13 +79,17 @@ def prepare(
         raise ValueError(f"need workers, docs_per_group and shard_size_bytes >= 1, got "
                          f"{workers}, {docs_per_group}, {shard_size_bytes}")
     tok = get_tokenizer(tokenizer)
+    synthetic = _check_synthetic(source, tok, seq_len) if is_synthetic(source) else None
     settings = {"source": source, "seq_len": seq_len, "val_fraction": val_fraction, "tokenizer": tok.name,
                 "format": fmt, "shard_size_bytes": shard_size_bytes, "docs_per_group": docs_per_group}
     _claim_output(out, settings, overwrite)
     import_writer_libraries(fmt)
-    # The val split is a tail, so the document count must be known first. Holding the raw text in
-    # memory is fine up to a few GB; larger corpora want a counting pass.
-    docs = list(tqdm(iter_documents(source), desc=f"read {source}", unit="doc", disable=not progress))
+    if synthetic is not None:  # token blocks, one generated sequence each: the "documents" are sequence indices
+        docs: Sequence[str] | range = range(synthetic.n)
+    else:
+        # The val split is a tail, so the document count must be known first. Holding the raw text in
+        # memory is fine up to a few GB; larger corpora want a counting pass.
+        docs = list(tqdm(iter_documents(source), desc=f"read {source}", unit="doc", disable=not progress))
     train_docs, val_docs = split_documents(docs, val_fraction)
 
     splits: dict[str, dict[str, int]] = {}
@@ -146,6 +151,17 @@ def _run_groups(docs: Sequence[str], out: str, split: str, settings: dict[str, A
     return [results[g] for g, _ in groups], len(todo)
 
 
+def _check_synthetic(source: str, tok: Tokenizer, seq_len: int) -> HMMSpec:
+    """The source's spec, after checking that the tokenizer holds exactly its symbols."""
+    spec = parse_source(source)
+    sequence_length(seq_len)
+    if getattr(tok, "symbols", None) != spec.symbols:
+        wanted = "synthetic" if spec.symbols == 64 else f"synthetic-{spec.symbols}"
+        raise ValueError(f"data source {source!r} emits {spec.symbols} symbols: it needs tokenizer {wanted!r} "
+                         f"(data.tokenizer={wanted} / --tokenizer {wanted}), not {tok.name!r}")
+    return spec
+
+
 def _group_name(g: int) -> str:
     return f"g{g:05d}"
 
@@ -153,7 +169,7 @@ def _group_name(g: int) -> str:
 def _fingerprint(docs: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for doc in docs:
-        digest.update(doc.encode("utf-8", "surrogatepass"))
+        digest.update(str(doc).encode("utf-8", "surrogatepass"))  # str: a synthetic source's sequence index
         digest.update(b"\x00")
     return digest.hexdigest()
 
@@ -185,7 +201,11 @@ def build_group(out: str, split: str, g: int, docs: Sequence[str], settings: dic
             shutil.rmtree(stale)
     tok = get_tokenizer(settings["tokenizer"])
     stats = {"tokens": 0}
-    blocks = pack_blocks(_tokenize(tok, docs, stats), settings["seq_len"], tok.bos_id, tok.eos_id)
+    if is_synthetic(settings["source"]):
+        blocks = hmm_blocks(settings["source"], docs, settings["seq_len"], tok.bos_id, tok.eos_id)
+        stats["tokens"] = len(docs) * (settings["seq_len"] - 1)  # each sequence's symbols and its EOS
+    else:
+        blocks = pack_blocks(_tokenize(tok, docs, stats), settings["seq_len"], tok.bos_id, tok.eos_id)
     count, shards = write_group(blocks, staging, settings["seq_len"], settings["format"],
                                 settings["shard_size_bytes"], key_prefix=f"{name}_")
     done = {"group": name, "fingerprint": _fingerprint(docs), "documents": len(docs), "tokens": stats["tokens"],

@@ -4,7 +4,8 @@ Local files: `.txt` (one document per file; an OpenWebText-style folder of .txt 
 source), `.jsonl` and zstandard-compressed `.jsonl.zst` (one {"text": ...} object per line), and
 Wikipedia XML dumps `.xml` / `.xml.bz2`. Every source yields non-empty document strings in a
 deterministic order (folders: sorted paths, recursive), so the train/val split and the packed blocks
-are reproducible.
+are reproducible. `synthetic-hmm[-…]` (data/synthetic_hmm.py) generates token blocks instead of text: the
+shard writer (data/prepare.py) writes it directly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dsl_scale.data.packaged import iter_packaged_english
+from dsl_scale.data.synthetic_hmm import is_synthetic
 from dsl_scale.data.wiki import iter_wikipedia_sample
 from dsl_scale.data.wiki_dump import iter_wiki_dump
 
@@ -40,6 +42,9 @@ def iter_documents(source: str) -> Iterator[str]:
     """
     if source in SOURCES:
         return SOURCES[source]()
+    if is_synthetic(source):
+        raise ValueError(f"data source {source!r} generates token blocks, not text: prepare it with "
+                         "dsl_scale.data.prepare.prepare (tools/prepare_data.py, or data.source= for training)")
     path = Path(source)
     if path.is_dir():
         return _iter_folder(path)
@@ -50,7 +55,7 @@ def iter_documents(source: str) -> Iterator[str]:
     if os.sep in source or _suffix(path):
         raise FileNotFoundError(f"data source not found: {source}")
     raise ValueError(
-        f"unknown data source {source!r}; valid choices: {', '.join(sorted(SOURCES))}, "
+        f"unknown data source {source!r}; valid choices: {', '.join(sorted(SOURCES))}, synthetic-hmm[-KEYVALUE…], "
         f"or a path to a {' / '.join(LOCAL_SUFFIXES)} file or a folder of them"
     )
 

@@ -1,6 +1,10 @@
 """Training objectives as two halves: `prepare` (clean batch → model inputs, with every random draw
 seeded from (seed, step, position in the global batch), so the numbers do not depend on the DP size)
-and `loss` (logits → scalar). The halves meet on different pipeline stages when PP > 1."""
+and `loss` (logits → scalar). The halves meet on different pipeline stages when PP > 1.
+
+`prepare` draws on the host (seeded CPU generators, `positions` host-side) and returns a batch on the device of
+`tokens`: the trainer hands it tokens on its compute device, so every mask, time, SNR and noise tensor the model
+and the loss read is there too (on the CPU the moves are no-ops and the numbers are unchanged)."""
 
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ class MDLMObjective:
     def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
                 stream: int) -> Prepared:
         """Antithetic times over the `batch_size` examples sharing `key` (a step), per-example mask noise."""
+        positions = positions.cpu()
         u = float(seeding.uniform((), self.seed, stream, key))
-        t = antithetic_times(batch_size, u, self.eps)[positions]
+        t = antithetic_times(batch_size, u, self.eps)[positions].to(tokens.device)
         noise = torch.stack(
             [seeding.uniform((tokens.shape[1],), self.seed, stream, key, int(p)) for p in positions]
-        )
+        ).to(tokens.device)
         z, masked = mdlm.mask_tokens(tokens, t, noise, self.mask_id, self.eps)
         sigma = log_linear_sigma(t, self.eps).float()
         return Prepared(z, tokens, sigma, {"masked": masked, "t": t})
@@ -58,13 +63,19 @@ class DSLObjective:
         self.schedule = dsl.SNRSchedule.from_config(objective)
         self.schedule.validate()
         self.keys = dsl.token_keys(vocab_size, objective.key_dim, objective.key_seed)  # == converter.keys
+        self._device_keys = self.keys  # a copy on the device of the last batch (read on every prepare)
         self.mask_id = mask_id
         self.seed = seed
+
+    def keys_on(self, device: torch.device) -> torch.Tensor:
+        if self._device_keys.device != device:
+            self._device_keys = self.keys.to(device)
+        return self._device_keys
 
     def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
                 stream: int) -> Prepared:
         generators = [seeding.generator(self.seed, stream, key, int(p)) for p in positions]
-        c = dsl.corrupt(tokens, self.keys, self.schedule, self.mask_id, generators)
+        c = dsl.corrupt(tokens, self.keys_on(tokens.device), self.schedule, self.mask_id, generators)
         return Prepared(c.ids, tokens, None, {"snr": c.snr}, {"z": c.z, "discrete": c.discrete})
 
     def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:

@@ -12,7 +12,9 @@ from hydra.core.config_store import ConfigStore
 
 from dsl_scale.config import check_choices, choice
 
-METRICS = ("mauve", "gen_ppl", "entropy", "nelbo")
+METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll", "nelbo", "calibration", "self_correction")
+SAMPLE_METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll")  # need samples=
+CHECKPOINT_METRICS = ("nelbo", "calibration", "self_correction")  # need checkpoint=
 
 
 @dataclass
@@ -22,9 +24,11 @@ class EvalConfig:
     reference_split: str = "val"
     metrics: list[str] = field(default_factory=lambda: ["mauve", "gen_ppl", "entropy"])
     out: str = "results.json"
-    # MAUVE features
-    featurizer: str = "minilm"  # minilm (offline, order-aware) | minilm-mean | gpt2-large (local path or HF cache)
-    featurizer_path: str = ""  # a local model dir for gpt2-large; empty = the HF cache under that name
+    # MAUVE and Fréchet features
+    # minilm (offline, order-aware) | minilm-mean | gpt2-large (local path or HF cache) | ar / ar-last (our AR
+    # run's last hidden states, mean-pooled / last token: in-domain for char and synthetic data)
+    featurizer: str = "minilm"
+    featurizer_path: str = ""  # gpt2-large: a local model dir (empty = the HF cache); ar: the AR run dir
     feature_batch_size: int = 32
     cache_dir: str = "~/.cache/dsl_scale/features"  # "" disables the feature cache
     # Generative perplexity
@@ -35,7 +39,25 @@ class EvalConfig:
     weights: str = choice("auto", "auto", "ema", "model")  # auto: EMA when the checkpoint has it
     nelbo_examples: int = 0  # validation blocks evaluated; 0 = the whole split
     nelbo_batch_size: int = 16
-    seed: int = 0  # seed of the NELBO's times and masks
+    seed: int = 0  # seed of every evaluation draw: NELBO times and masks, bootstraps, drafts, corruptions
+    # Intervals and sanity rows
+    bootstrap_resamples: int = 1000  # 95 % intervals, texts resampled (evaluation/bootstrap.py); 0 = none
+    # Sanity rows: held-out real text (blocks other than the references) and the same text with its tokens
+    # shuffled within each sequence, scored like the samples; a failed check marks the results `sanity.passed`
+    # false and the reproduction report prints "sanity failed" instead of that metric's table.
+    sanity: bool = True
+    # Exact likelihood on the synthetic-hmm testbed (metrics=[hmm_nll]); "" = the reference data's source
+    hmm_source: str = ""
+    # The paper's analyses of `checkpoint` (metrics=[calibration,self_correction]) on held-out blocks
+    analysis_examples: int = 256  # blocks of `reference_split`, spread evenly (0 = all)
+    analysis_batch_size: int = 16
+    analysis_visible_snr: float = 0.0  # DSL only: > 0 feeds visible tokens through the converter at this SNR
+    calibration_bins: int = 15
+    calibration_binning: str = choice("equal-mass", "equal-mass", "equal-width")
+    calibration_mask_low: float = 0.1  # each draft block is masked at a rate t ~ U[low, high]
+    calibration_mask_high: float = 0.9
+    calibration_fill: float = 0.5  # fraction of the masks then filled from the model's own x_θ
+    corruption_rate: float = 0.1  # self_correction: fraction of inner tokens replaced by random ids
 
 
 def register_eval_configs() -> None:
@@ -48,14 +70,31 @@ def validate_eval_config(cfg: EvalConfig) -> None:
     if unknown or not cfg.metrics:
         raise ValueError(f"metrics={list(cfg.metrics)}: each must be one of {METRICS}, and at least one given")
     check_choices(cfg)
-    sample_metrics = {"mauve", "gen_ppl", "entropy"} & set(cfg.metrics)
+    sample_metrics = set(SAMPLE_METRICS) & set(cfg.metrics)
     if sample_metrics and not cfg.samples:
         raise ValueError(f"metrics {sorted(sample_metrics)} need samples=FILE.jsonl")
-    if "mauve" in cfg.metrics and not cfg.reference:
-        raise ValueError("metrics=[mauve] needs reference=SHARD_DIR (validation blocks are the references)")
+    needs_reference = sorted({"mauve", "frechet", "calibration", "self_correction"} & set(cfg.metrics))
+    if needs_reference and not cfg.reference:
+        raise ValueError(f"metrics {needs_reference} need reference=SHARD_DIR (its validation blocks are the "
+                         "references / the analysed text)")
+    if "hmm_nll" in cfg.metrics and not (cfg.hmm_source or cfg.reference):
+        raise ValueError("metrics=[hmm_nll] needs reference=SHARD_DIR of synthetic-hmm data or hmm_source=NAME")
+    if cfg.featurizer.startswith("ar") and {"mauve", "frechet"} & set(cfg.metrics) and not cfg.featurizer_path:
+        raise ValueError(f"featurizer={cfg.featurizer} needs featurizer_path=AR_RUN_DIR")
     if "gen_ppl" in cfg.metrics and not cfg.scorer:
         raise ValueError("metrics=[gen_ppl] needs scorer=PATH (a local Hugging Face causal LM or an AR run dir)")
-    if "nelbo" in cfg.metrics and not cfg.checkpoint:
-        raise ValueError("metrics=[nelbo] needs checkpoint=RUN_DIR")
+    checkpoint_metrics = sorted(set(CHECKPOINT_METRICS) & set(cfg.metrics))
+    if checkpoint_metrics and not cfg.checkpoint:
+        raise ValueError(f"metrics {checkpoint_metrics} need checkpoint=RUN_DIR")
     if min(cfg.feature_batch_size, cfg.scorer_batch_size, cfg.nelbo_batch_size) < 1 or cfg.nelbo_examples < 0:
         raise ValueError("feature_batch_size, scorer_batch_size, nelbo_batch_size must be >= 1, nelbo_examples >= 0")
+    if min(cfg.bootstrap_resamples, cfg.analysis_examples) < 0 or min(cfg.analysis_batch_size,
+                                                                       cfg.calibration_bins) < 1:
+        raise ValueError("bootstrap_resamples and analysis_examples must be >= 0, analysis_batch_size and "
+                         "calibration_bins >= 1")
+    if not (0 <= cfg.calibration_mask_low <= cfg.calibration_mask_high <= 1 and 0 <= cfg.calibration_fill <= 1):
+        raise ValueError(f"need 0 <= calibration_mask_low <= calibration_mask_high <= 1 and 0 <= calibration_fill "
+                         f"<= 1, got {cfg.calibration_mask_low}, {cfg.calibration_mask_high}, {cfg.calibration_fill}")
+    if not 0 < cfg.corruption_rate <= 1 or cfg.analysis_visible_snr < 0:
+        raise ValueError(f"corruption_rate={cfg.corruption_rate} must lie in (0, 1] and analysis_visible_snr="
+                         f"{cfg.analysis_visible_snr} be >= 0")

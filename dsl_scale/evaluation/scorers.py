@@ -1,5 +1,6 @@
 """Causal language models that score samples for generative perplexity: a Hugging Face model from a
-local directory, or one of our AR-objective checkpoints."""
+local directory, or one of our AR-objective checkpoints. Both run on the compute device (core/device.py)
+in fp32: a reported metric should not change with the machine's default precision."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
+from dsl_scale.core.device import compute_device
 from dsl_scale.tokenizer import Tokenizer, get_tokenizer
 
 
@@ -16,6 +18,7 @@ class Scorer(Protocol):
     bos_id: int
     eos_id: int
     same_vocab: bool  # True when the scorer reads our GPT-2 ids as they are
+    device: torch.device  # where `logits` wants its inputs (gen_ppl.chunk_nll builds them there)
 
     def identity(self) -> dict[str, Any]: ...
 
@@ -34,7 +37,9 @@ class HFScorer:
             raise FileNotFoundError(f"scorer={path}: not a directory (a local Hugging Face causal LM or one of "
                                     f"our AR run directories; nothing is downloaded at run time)")
         self.path = path
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        self.device = compute_device()
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        self.model = self.model.to(device=self.device, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         config = self.model.config
         self.context = int(getattr(config, "n_positions", None) or config.max_position_embeddings)
@@ -65,11 +70,11 @@ class CheckpointScorer:
         from dsl_scale.parallel.topology import init_process_groups
 
         init_process_groups(1, 1)
-        loaded = load_for_inference(path, weights)
+        loaded = load_for_inference(path, weights, precision="fp32")
         if loaded.train_config.objective.name != "ar":
             raise ValueError(f"scorer={path} was trained with objective={loaded.train_config.objective.name}; "
                              "generative perplexity needs a causal (objective=ar) checkpoint")
-        self.path, self.loaded = path, loaded
+        self.path, self.loaded, self.device = path, loaded, loaded.device
         self.tokenizer: Tokenizer = loaded.tokenizer
         self.context = loaded.train_config.model.seq_len
         self.bos_id, self.eos_id, self.same_vocab = self.tokenizer.bos_id, self.tokenizer.eos_id, True

@@ -19,7 +19,7 @@ class DataSettings:
     source: str = "wikipedia-sample"  # a dsl_scale.data source name (e.g. packaged-english) or a local path
     tokenizer: str = "char"
     seq_len: int = 128
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # the evaluation needs 2 × sample.num_samples validation blocks (sanity rows)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Method:
 @dataclass
 class SampleSettings:
     steps: list[int] = field(default_factory=lambda: [8, 16, 32, 64])  # the T grid
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # sampling seeds: each cell once per seed
     num_samples: int = 200
     batch_size: int = 50
     ranks: int = 1
@@ -62,15 +63,22 @@ class SampleSettings:
         Method("MDLM", "mdlm", "mdlm"),
         Method("MDLM + ReMDM-loop", "mdlm", "remdm_loop"),
         Method("DSL + ReMDM-loop", "dsl", "remdm_loop"),
+        Method("DSL + confidence remasking", "dsl", "remdm_confidence", ["sampler.visible_snr=5.0"]),
         Method("DSL hybrid", "dsl", "dsl_hybrid"),
     ])
 
 
 @dataclass
 class EvalSettings:
-    metrics: list[str] = field(default_factory=lambda: ["mauve", "gen_ppl", "entropy"])
-    featurizer: str = "minilm"
+    metrics: list[str] = field(default_factory=lambda: ["mauve", "frechet", "gen_ppl", "entropy"])
+    # ar / ar-last: the experiment's own AR run's hidden states (in-domain); minilm, gpt2-large: pretrained
+    featurizer: str = "ar"
     feature_batch_size: int = 32
+    bootstrap_resamples: int = 1000  # 95 % intervals of every figure; 0 = none
+    # The paper's analyses, once per arm (MDLM, DSL) on held-out blocks; [] = no analysis stages
+    analyses: list[str] = field(default_factory=lambda: ["calibration", "self_correction"])
+    analysis_examples: int = 256
+    dsl_visible_snr: float | None = 5.0  # the DSL arm's analysis_visible_snr; null: the embedding table
 
 
 @dataclass
@@ -113,8 +121,32 @@ def check_experiment(e: Experiment, where: str = "experiment") -> None:
         raise ValueError(f"{where}: train.pretrain_steps, extra_steps and ar_steps must be >= 1")
     if e.train.ranks < 1 or e.sample.ranks < 1:
         raise ValueError(f"{where}: train.ranks and sample.ranks must be >= 1")
+    if not e.sample.seeds or len(set(e.sample.seeds)) != len(e.sample.seeds) or min(e.sample.seeds) < 0:
+        raise ValueError(f"{where}: sample.seeds={e.sample.seeds} must be distinct seeds >= 0, at least one")
+    check_metrics(e, where)
     if e.sample.num_samples < 1 or not 0 < e.sample.hybrid_continuous_fraction < 1:
         raise ValueError(f"{where}: sample.num_samples must be >= 1 and 0 < sample.hybrid_continuous_fraction < 1")
+
+
+def check_metrics(e: Experiment, where: str) -> None:
+    from dsl_scale.data.synthetic_hmm import is_synthetic
+    from dsl_scale.evaluation.config import CHECKPOINT_METRICS, SAMPLE_METRICS
+
+    unknown = [m for m in e.eval.metrics if m not in SAMPLE_METRICS]
+    if unknown or not e.eval.metrics:
+        raise ValueError(f"{where}: eval.metrics {unknown or '[]'}: each must be one of {SAMPLE_METRICS}")
+    unknown = [m for m in e.eval.analyses if m not in CHECKPOINT_METRICS or m == "nelbo"]
+    if unknown:
+        raise ValueError(f"{where}: eval.analyses {unknown}: each must be calibration or self_correction")
+    if "hmm_nll" in e.eval.metrics and not is_synthetic(e.data.source):
+        raise ValueError(f"{where}: eval.metrics hmm_nll needs a synthetic-hmm data.source, not {e.data.source!r}")
+    if e.eval.dsl_visible_snr is not None and not e.eval.dsl_visible_snr > 0:
+        raise ValueError(f"{where}: eval.dsl_visible_snr={e.eval.dsl_visible_snr} must be > 0 or null")
+
+
+def quality_metric(e: Experiment) -> str:
+    """The figure the report's step-efficiency line and plot lead with: the exact NLL when there is one."""
+    return next(m for m in ("hmm_nll", "mauve", "frechet", "gen_ppl", "entropy") if m in e.eval.metrics)
 
 
 def experiment_dict(e: Experiment) -> dict:

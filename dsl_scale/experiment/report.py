@@ -1,5 +1,10 @@
 """The experiment's outputs: results.json (every figure and setting), results.md (tables) and a plot of
-MAUVE (and gen-PPL) against the mean number of denoiser evaluations."""
+every quality figure with its interval against the mean number of denoiser evaluations (quality_vs_nfe.png).
+
+Each metric's table (MAUVE, Fréchet distance, exact NLL under a synthetic source, gen-PPL) starts with
+its sanity rows, held-out real text and shuffled real text (evaluation/sanity.py); when any cell's sanity
+check failed the table says "sanity failed" instead of its figures. A cell's sampling seeds
+(`<cell>_seed<k>.json`, one per `sample.seeds`) are averaged, with the envelope of their 95 % intervals."""
 
 from __future__ import annotations
 
@@ -8,29 +13,66 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dsl_scale.experiment.config import Experiment, experiment_dict
+from dsl_scale.experiment.config import CHECKPOINTS, Experiment, experiment_dict, quality_metric
 from dsl_scale.experiment.stages import Layout
 
 RUNS = (("pretrain", "MDLM pretraining"), ("mdlm", "MDLM, continued"), ("dsl", "DSL fine-tune"),
         ("ar", "AR baseline (gen-PPL scorer)"))
+# (key in a results file, its figure, table title); every one has sanity rows.
+METRICS = (("mauve", "mauve", "MAUVE (higher is better)"),
+           ("frechet", "frechet", "Fréchet distance on the MAUVE features (lower is better)"),
+           ("hmm_nll", "nll_per_token", "Exact NLL per symbol under the synthetic source (lower is better)"),
+           ("gen_ppl", "gen_ppl", "gen-PPL (lower is better)"))
+SANITY_LABELS = (("real", "held-out real text"), ("shuffled", "shuffled real text"))
+
+
+
+
+def _figure(result: dict, key: str, field: str) -> tuple[float | None, list[float] | None]:
+    entry = result.get(key) or {}
+    return entry.get(field), entry.get("ci95")
+
+
+def _combine(values: list[tuple[float | None, list[float] | None]]) -> tuple[float | None, list[float] | None]:
+    """Mean over seeds; interval: the envelope of the seeds' intervals (None when any lacks one)."""
+    figures = [v for v, _ in values if v is not None]
+    if not figures:
+        return None, None
+    intervals = [ci for _, ci in values]
+    envelope = None if any(ci is None for ci in intervals) else [min(c[0] for c in intervals),
+                                                                   max(c[1] for c in intervals)]
+    return sum(figures) / len(figures), envelope
 
 
 def collect_rows(e: Experiment, layout: Layout) -> list[dict[str, Any]]:
-    """One row per (method, T) from the evaluation results files; a missing file is an error."""
+    """One row per (method, T), its figures averaged over the sampling seeds' results files; a missing file
+    is an error."""
     rows = []
     for method in e.sample.methods:
         for steps in e.sample.steps:
-            file = layout.results(method, steps)
-            if not file.is_file():
-                raise FileNotFoundError(f"{file} is missing: the evaluate stage for {method.label} T={steps} "
-                                        "has not run")
-            r = json.loads(file.read_text())
-            rows.append({
-                "method": method.label, "checkpoint": method.checkpoint, "sampler": method.sampler, "T": steps,
-                "mean_nfe": r.get("mean_nfe"), "count": r.get("count"),
-                "mauve": (r.get("mauve") or {}).get("mauve"), "gen_ppl": (r.get("gen_ppl") or {}).get("gen_ppl"),
-                "entropy": (r.get("entropy") or {}).get("entropy"), "results_file": str(file),
-            })
+            files = [layout.results(method, steps, seed) for seed in e.sample.seeds]
+            for seed, file in zip(e.sample.seeds, files):
+                if not file.is_file():
+                    raise FileNotFoundError(f"{file} is missing: the evaluate stage for {method.label} T={steps} "
+                                            f"seed={seed} has not run")
+            results = [json.loads(f.read_text()) for f in files]
+            r = results[0]
+            nfe = [x["mean_nfe"] for x in results if x.get("mean_nfe") is not None]
+            row = {"method": method.label, "checkpoint": method.checkpoint, "sampler": method.sampler, "T": steps,
+                   "mean_nfe": sum(nfe) / len(nfe) if nfe else None, "count": r.get("count"),
+                   "entropy": _combine([_figure(x, "entropy", "entropy") for x in results])[0],
+                   "results_files": [str(f) for f in files], "seeds": list(e.sample.seeds), "ci95": {},
+                   "sanity": {}, "sanity_rows": {}}
+            for key, field, _ in METRICS:
+                row[key], row["ci95"][key] = _combine([_figure(x, key, field) for x in results])
+                checks = [((x.get("sanity") or {}).get("checks") or {}).get(key) for x in results]
+                row["sanity"][key] = (None if all(c is None for c in checks)
+                                      else all(c is None or c["passed"] for c in checks))
+                sanity = r.get("sanity") or {}
+                row["sanity_rows"][key] = {name: dict(zip(("value", "ci95"), _figure(sanity.get(name) or {}, key,
+                                                                                      field)))
+                                           for name, _ in SANITY_LABELS}
+            rows.append(row)
     return rows
 
 
@@ -53,33 +95,93 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: float) -> str:
-    t, s, d = e.train, e.sample, e.data
-    grid = list(s.steps)
+def _fmt_ci(value: Any, ci: list[float] | None, digits: int = 3) -> str:
+    return _fmt(value, digits) + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci and value is not None else "")
+
+
+def metric_table(e: Experiment, rows: list[dict], key: str, title: str) -> list[str]:
+    """A metric's table by T with its sanity rows first; "sanity failed" instead when a check failed."""
+    if all(r[key] is None for r in rows):
+        return []
+    grid, digits = list(e.sample.steps), 1 if key == "gen_ppl" else 3
+    lines = [f"## {title} by number of steps T", ""]
+    verdicts = [r["sanity"][key] for r in rows]
+    if any(v is False for v in verdicts):
+        failed = next(r for r in rows if r["sanity"][key] is False)
+        real, shuffled = (failed["sanity_rows"][key][name]["value"] for name, _ in SANITY_LABELS)
+        return [*lines, f"**sanity failed** (e.g. {failed['method']} T={failed['T']}: held-out real text "
+                        f"{_fmt(real, digits)}, shuffled real text {_fmt(shuffled, digits)}; rule in "
+                        "dsl_scale/evaluation/sanity.py): figures not reported.", ""]
+    if any(v is None for v in verdicts):
+        lines += ["(no sanity rows for some cells: these figures are unchecked)", ""]
+    lines += ["| method | " + " | ".join(f"T={T}" for T in grid) + " |", "|---|" + "---|" * len(grid)]
+    for name, label in SANITY_LABELS:
+        cells = {r["T"]: r["sanity_rows"][key][name] for r in rows if r["method"] == e.sample.methods[0].label}
+        if any(cells[T]["value"] is not None for T in grid):
+            lines.append(f"| *{label}* | " + " | ".join(_fmt_ci(cells[T]["value"], cells[T]["ci95"], digits)
+                                                         for T in grid) + " |")
+    for method in e.sample.methods:
+        cells = {r["T"]: r for r in rows if r["method"] == method.label}
+        lines.append(f"| {method.label} | "
+                     + " | ".join(_fmt_ci(cells[T][key], cells[T]["ci95"][key], digits) for T in grid) + " |")
+    return [*lines, ""]
+
+
+def analysis_table(layout: Layout) -> list[str]:
+    """Calibration and self-correction of each arm, when their results files exist."""
+    found = {c: json.loads(layout.analysis(c).read_text()) for c in CHECKPOINTS if layout.analysis(c).is_file()}
+    if not found:
+        return []
+    lines = ["## The paper's analyses (raw x_θ at every position; see evaluation/calibration.py, self_correction.py)",
+             "", "| arm | ECE visible | ECE masked | visible conf / acc | masked conf / acc | repaired | broken |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, r in found.items():
+        cal, fix = r.get("calibration") or {}, r.get("self_correction") or {}
+        cells = []
+        for where in ("visible", "masked"):
+            cells.append(_fmt((cal.get(where) or {}).get("ece")))
+        for where in ("visible", "masked"):
+            part = cal.get(where) or {}
+            cells.append(f"{_fmt(part.get('mean_confidence'))} / {_fmt(part.get('accuracy'))}")
+        cells += [_fmt_ci(fix.get("repaired"), fix.get("repaired_ci95")), _fmt_ci(fix.get("broken"),
+                                                                                  fix.get("broken_ci95"))]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    setting = next(iter(found.values()))
+    lines += ["", f"Calibration: {(setting.get('calibration') or {}).get('settings', {}).get('binning', '–')} bins; "
+              f"self-correction: {_fmt((setting.get('self_correction') or {}).get('rate'), 2)} of the inner tokens "
+              "corrupted, one forward pass.", ""]
+    return lines
+
+
+LOWER_IS_BETTER = {"frechet", "hmm_nll", "gen_ppl"}
+COLUMNS = (("mauve", "MAUVE", 3), ("frechet", "Fréchet", 3), ("hmm_nll", "NLL/symbol", 3), ("gen_ppl", "gen-PPL", 1))
+
+
+def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: float, layout: Layout) -> str:
+    t, s, d, v = e.train, e.sample, e.data, e.eval
     lines = [
         f"# Reproduction `{e.name}`: does DSL fine-tuning make ReMDM sampling more step-efficient?",
         "",
         f"Data `{d.source}` (tokenizer `{d.tokenizer}`, L = {d.seq_len}; MAUVE references: held-out validation "
         f"blocks), model `{t.model}`, seed {e.seed}. MDLM pretraining {t.pretrain_steps} steps, then "
         f"{t.extra_steps} more steps for each arm (DSL fine-tune `{' '.join(t.dsl_overrides)}`; MDLM continued), "
-        f"global batch {t.global_batch}; AR baseline {t.ar_steps} steps. {s.num_samples} samples per cell, "
-        f"top-p {s.top_p}; MAUVE featurizer `{e.eval.featurizer}`; gen-PPL under our AR run. "
-        f"Wall time {wall_s / 60:.1f} min.",
+        f"global batch {t.global_batch}; AR baseline {t.ar_steps} steps. {s.num_samples} samples per cell and "
+        f"sampling seed, seeds {list(s.seeds)} averaged (intervals: the envelope of the seeds' bootstrap 95 % "
+        f"intervals), top-p {s.top_p}; metrics {', '.join(v.metrics)}; MAUVE / Fréchet featurizer "
+        f"`{v.featurizer}`. Wall time {wall_s / 60:.1f} min.",
         *(["", e.note] if e.note else []),
         "",
-        "## MAUVE (higher is better) by number of steps T",
-        "",
-        "| method | " + " | ".join(f"T={T}" for T in grid) + " |",
-        "|---|" + "---|" * len(grid),
     ]
-    for method in s.methods:
-        cells = {r["T"]: r for r in rows if r["method"] == method.label}
-        lines.append(f"| {method.label} | " + " | ".join(_fmt(cells[T]["mauve"]) for T in grid) + " |")
-    lines += ["", *step_efficiency(e, rows), "", "## Every figure", "",
-              "| method | T | mean NFE | MAUVE | gen-PPL | entropy | samples |", "|---|---|---|---|---|---|---|"]
+    for key, _, title in METRICS:
+        lines += metric_table(e, rows, key, title)
+    shown = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows)]
+    lines += [*step_efficiency(e, rows), "", *analysis_table(layout), "## Every figure", "",
+              "| method | T | mean NFE | " + " | ".join(c[1] for c in shown) + " | entropy | samples |",
+              "|---|---|---|" + "---|" * len(shown) + "---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['T']} | {_fmt(r['mean_nfe'], 1)} | {_fmt(r['mauve'])} | "
-                     f"{_fmt(r['gen_ppl'], 1)} | {_fmt(r['entropy'], 3)} | {r['count']} |")
+        lines.append(f"| {r['method']} | {r['T']} | {_fmt(r['mean_nfe'], 1)} | "
+                     + "".join(f"{_fmt(r[key], digits)} | " for key, _, digits in shown)
+                     + f"{_fmt(r['entropy'], 3)} | {r['count']} |")
     lines += ["", "## Training runs", "", "| run | steps | last validation loss | tokens/s |", "|---|---|---|---|"]
     for key, label in RUNS:
         run = runs.get(key, {})
@@ -91,35 +193,42 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
 
 
 def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
-    """SPEC §5's claim measured: the fewest denoiser calls with which each method reaches the MAUVE of
-    MDLM + ReMDM-loop at the largest T."""
+    """SPEC §5's claim measured: the fewest denoiser calls with which each method reaches the quality
+    (quality_metric: the exact NLL on synthetic data, else MAUVE) of MDLM + ReMDM-loop at the largest T."""
+    key = quality_metric(e)
     base = next((m for m in e.sample.methods if m.checkpoint == "mdlm" and m.sampler == "remdm_loop"), None)
-    if base is None:
+    if base is None or key == "entropy" or any(r["sanity"].get(key) is False for r in rows):
         return []
     top = max(e.sample.steps)
-    target = next(r["mauve"] for r in rows if r["method"] == base.label and r["T"] == top)
+    target = next(r[key] for r in rows if r["method"] == base.label and r["T"] == top)
     if target is None:
         return []
-    lines = [f"Fewest mean NFE reaching {base.label}'s MAUVE at T={top} ({target:.3f}):", ""]
+    lower = key in LOWER_IS_BETTER
+
+    def reaches(value: float | None) -> bool:
+        return value is not None and (value <= target if lower else value >= target)
+
+    lines = [f"Fewest mean NFE reaching {base.label}'s {key} at T={top} ({target:.3f}):", ""]
     for m in e.sample.methods:
-        reached = [r["mean_nfe"] or r["T"] for r in rows if r["method"] == m.label and (r["mauve"] or 0) >= target]
+        reached = [r["mean_nfe"] or r["T"] for r in rows if r["method"] == m.label and reaches(r[key])]
         lines.append(f"- {m.label}: {f'{min(reached):.1f}' if reached else 'not reached'}")
     return lines
 
 
 def write_report(e: Experiment, layout: Layout, stages: list[dict], wall_s: float, plot: bool = True) -> dict:
-    """results.json, results.md and mauve_vs_nfe.png under the output directory; returns results.json's content."""
+    """results.json, results.md and quality_vs_nfe.png under the output directory; returns results.json's content."""
     rows = collect_rows(e, layout)
     runs = {key: run_summary(layout.run(key)) for key, _ in RUNS}
+    analyses = {c: json.loads(layout.analysis(c).read_text()) for c in CHECKPOINTS if layout.analysis(c).is_file()}
     results = {"experiment": experiment_dict(e), "tokenizer": e.data.tokenizer, "seed": e.seed, "rows": rows,
-               "runs": runs, "stages": stages, "wall_time_s": wall_s}
+               "runs": runs, "analyses": analyses, "stages": stages, "wall_time_s": wall_s}
     (layout.root / "results.json").write_text(json.dumps(results, indent=2))
-    (layout.root / "results.md").write_text(markdown(e, rows, runs, wall_s))
+    (layout.root / "results.md").write_text(markdown(e, rows, runs, wall_s, layout))
     if plot:
-        points = {m.label: sorted(({"nfe": r["mean_nfe"] or r["T"], "mauve": r["mauve"], "gen_ppl": r["gen_ppl"]}
-                                   for r in rows if r["method"] == m.label), key=lambda p: p["nfe"])
-                  for m in e.sample.methods}
-        from dsl_scale.evaluation.plot import plot as plot_mauve_vs_nfe  # matplotlib: only when plotting
+        from dsl_scale.experiment.plot import plot_quality_vs_nfe  # matplotlib: only when plotting
 
-        plot_mauve_vs_nfe(points, str(layout.root / "mauve_vs_nfe.png"))
+        curves = [(key, title) for key, _, title in METRICS if any(r[key] is not None and r["sanity"][key] is not False
+                                                                  for r in rows)]
+        plot_quality_vs_nfe(rows, [m.label for m in e.sample.methods], [*curves, ("entropy", "entropy (nats)")],
+                            layout.root / "quality_vs_nfe.png")
     return results

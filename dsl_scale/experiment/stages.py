@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsl_scale.experiment.config import Experiment, Method
+from dsl_scale.experiment.config import CHECKPOINTS, Experiment, Method
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
@@ -43,11 +43,15 @@ class Layout:
     def run(self, name: str) -> Path:
         return self.root / "runs" / name
 
-    def samples(self, method: Method, steps: int) -> Path:
-        return self.root / "samples" / f"{slug(method.label)}_T{steps}.jsonl"
+    def samples(self, method: Method, steps: int, seed: int) -> Path:
+        return self.root / "samples" / f"{slug(method.label)}_T{steps}_seed{seed}.jsonl"
 
-    def results(self, method: Method, steps: int) -> Path:
-        return self.root / "results" / f"{slug(method.label)}_T{steps}.json"
+    def results(self, method: Method, steps: int, seed: int) -> Path:
+        return self.root / "results" / f"{slug(method.label)}_T{steps}_seed{seed}.json"
+
+    def analysis(self, checkpoint: str) -> Path:
+        """The analyses (calibration, self-correction) of one arm."""
+        return self.root / "results" / f"analysis_{checkpoint}.json"
 
     @property
     def markers(self) -> Path:
@@ -78,8 +82,14 @@ def hybrid_continuous_steps(e: Experiment, steps: int) -> int:
     return max(1, min(steps - 1, round(e.sample.hybrid_continuous_fraction * steps)))
 
 
+def needs_ar(e: Experiment) -> bool:
+    """The AR run scores gen-PPL and is the in-domain featurizer; without either it is not trained."""
+    featurized = {"mauve", "frechet"} & set(e.eval.metrics) and e.eval.featurizer.startswith("ar")
+    return "gen_ppl" in e.eval.metrics or bool(featurized)
+
+
 def build_stages(e: Experiment, layout: Layout) -> list[Stage]:
-    """Every stage of the experiment in order (data, four training runs, then sample + evaluate per cell)."""
+    """Every stage in order: data, four training runs, sample + evaluate per (T, method, seed), the analyses."""
     from dsl_scale.experiment.data import prepare_once
 
     t, s = e.train, e.sample
@@ -97,26 +107,53 @@ def build_stages(e: Experiment, layout: Layout) -> list[Stage]:
         Stage("fine-tune DSL", ["finetune.py", "objective=dsl", f"init_from={pretrain}",
                                 *training_overrides(e, layout, "dsl", t.extra_steps, t.extra_warmup_steps),
                                 *t.dsl_overrides], t.ranks, output=str(layout.run("dsl"))),
-        Stage("AR baseline", ["pretrain.py", "objective=ar",
-                              *training_overrides(e, layout, "ar", t.ar_steps, t.warmup_steps)],
-              t.ranks, output=str(layout.run("ar"))),
     ]
+    if needs_ar(e):
+        stages.append(Stage("AR baseline", ["pretrain.py", "objective=ar",
+                                            *training_overrides(e, layout, "ar", t.ar_steps, t.warmup_steps)],
+                            t.ranks, output=str(layout.run("ar"))))
     for steps in s.steps:
         for method in s.methods:
-            extra = [f"sampler.continuous_steps={hybrid_continuous_steps(e, steps)}"] \
-                if method.sampler == "dsl_hybrid" else []
-            samples = layout.samples(method, steps)
-            stages.append(Stage(f"sample {method.label} T={steps}", [
-                "sample.py", f"checkpoint={layout.run(method.checkpoint)}", f"sampler={method.sampler}",
-                f"steps={steps}", f"num_samples={s.num_samples}", f"batch_size={s.batch_size}",
-                f"top_p={s.top_p}", f"seed={e.seed}", f"batch_invariant={str(s.batch_invariant).lower()}",
-                f"out={samples}", *extra, *method.overrides], s.ranks, output=str(samples)))
-            stages.append(Stage(f"evaluate {method.label} T={steps}", [
-                "evaluate.py", f"samples={samples}", f"reference={layout.data}", f"scorer={layout.run('ar')}",
-                f"metrics=[{','.join(e.eval.metrics)}]", f"featurizer={e.eval.featurizer}",
-                f"feature_batch_size={e.eval.feature_batch_size}", f"cache_dir={layout.root / 'feature_cache'}",
-                f"out={layout.results(method, steps)}"], 1, output=str(layout.results(method, steps))))
+            for seed in s.seeds:
+                stages += cell_stages(e, layout, method, steps, seed)
+    for arm in CHECKPOINTS if e.eval.analyses else ():
+        stages.append(analysis_stage(e, layout, arm))
     return stages
+
+
+def cell_stages(e: Experiment, layout: Layout, method: Method, steps: int, seed: int) -> list[Stage]:
+    """Sample one (method, T) cell with one sampling seed, then evaluate it (bootstraps seeded alike)."""
+    s, v = e.sample, e.eval
+    extra = [f"sampler.continuous_steps={hybrid_continuous_steps(e, steps)}"] if method.sampler == "dsl_hybrid" else []
+    samples, results = layout.samples(method, steps, seed), layout.results(method, steps, seed)
+    features = [f"featurizer={v.featurizer}", f"feature_batch_size={v.feature_batch_size}",
+                f"cache_dir={layout.root / 'feature_cache'}"]
+    if v.featurizer.startswith("ar"):
+        features.append(f"featurizer_path={layout.run('ar')}")
+    scorer = [f"scorer={layout.run('ar')}"] if "gen_ppl" in v.metrics else []
+    cell = f"{method.label} T={steps} seed={seed}"
+    return [
+        Stage(f"sample {cell}", [
+            "sample.py", f"checkpoint={layout.run(method.checkpoint)}", f"sampler={method.sampler}",
+            f"steps={steps}", f"num_samples={s.num_samples}", f"batch_size={s.batch_size}", f"top_p={s.top_p}",
+            f"seed={seed}", f"batch_invariant={str(s.batch_invariant).lower()}", f"out={samples}", *extra,
+            *method.overrides], s.ranks, output=str(samples)),
+        Stage(f"evaluate {cell}", [
+            "evaluate.py", f"samples={samples}", f"reference={layout.data}", f"metrics=[{','.join(v.metrics)}]",
+            *scorer, *features, f"bootstrap_resamples={v.bootstrap_resamples}", f"seed={seed}",
+            f"out={results}"], 1, output=str(results)),
+    ]
+
+
+def analysis_stage(e: Experiment, layout: Layout, arm: str) -> Stage:
+    """Calibration and self-correction of one arm's checkpoint on held-out blocks (launchers/evaluate.py)."""
+    v = e.eval
+    snr = [f"analysis_visible_snr={v.dsl_visible_snr}"] if arm == "dsl" and v.dsl_visible_snr is not None else []
+    out = layout.analysis(arm)
+    return Stage(f"analyse {arm}", [
+        "evaluate.py", f"metrics=[{','.join(v.analyses)}]", f"checkpoint={layout.run(arm)}",
+        f"reference={layout.data}", f"analysis_examples={v.analysis_examples}", *snr, f"seed={e.seed}",
+        f"bootstrap_resamples={v.bootstrap_resamples}", f"out={out}"], 1, output=str(out))
 
 
 def launcher_command(stage: Stage) -> list[str]:

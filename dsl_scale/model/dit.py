@@ -72,14 +72,24 @@ class DiT(nn.Module):
         self.block_ids = range(stage * per_stage, (stage + 1) * per_stage)
         self.input_tensor: torch.Tensor | None = None
         if self.pre_process:
+            initial: dict[str, torch.Tensor] = {}
+
+            def embedding_init(weight: torch.Tensor) -> None:
+                default_embedding_init(weight)
+                if weight.shape[0] == cfg.vocab_size and 0 <= cfg.mask_id < cfg.vocab_size:
+                    # megatron's CPU initialisation draws the whole table on every TP rank, then keeps a shard
+                    initial["mask_row"] = weight[cfg.mask_id].clone()
+
             self.vocab_embed = VocabParallelEmbedding(
-                cfg.vocab_size, cfg.hidden, init_method=default_embedding_init, config=mp_config
+                cfg.vocab_size, cfg.hidden, init_method=embedding_init, config=mp_config
             )
             self.sigma_map = NoiseEmbedder(cfg.cond_dim)
             if cfg.converter_key_dim:
                 self.converter = Converter(cfg.vocab_size, cfg.hidden, cfg.converter_key_dim,
                                            cfg.converter_key_seed, cfg.converter_beta_init)
-                self.init_converter()
+                # with the whole table's [MASK] row, no collective runs here (the model may not be on its
+                # device yet, and not every TP rank need be building it at the same moment)
+                self.init_converter(initial.get("mask_row"))
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
         self.blocks = nn.ModuleDict(
             {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
@@ -96,9 +106,10 @@ class DiT(nn.Module):
         rank = parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0
         return tuple(VocabUtility.vocab_range_from_global_vocab_size(self.cfg.vocab_size, rank, tp))
 
-    def init_converter(self) -> None:
-        """The converter's W from the token embedding and its [MASK] row (collective over the TP group)."""
-        self.converter.init_from_embedding(self.vocab_embed.weight.detach(), self.cfg.mask_id)
+    def init_converter(self, mask_row: torch.Tensor | None = None) -> None:
+        """The converter's W from the token embedding and its [MASK] row: `mask_row`, the whole embedding's
+        row when the caller has it; None reads it from the TP shards (a collective over the TP group)."""
+        self.converter.init_from_embedding(self.vocab_embed.weight.detach(), self.cfg.mask_id, mask_row)
 
     def set_input_tensor(self, tensor) -> None:
         """Activations received from the previous pipeline stage (megatron's schedule calls this)."""

@@ -29,16 +29,19 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
 
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
               pp: int = 1, stage: int = 0, objective: ObjectiveSchema | None = None,
-              mask_id: int | None = None, sequence_parallel: bool = False) -> DiT:
+              mask_id: int | None = None, sequence_parallel: bool = False,
+              activation_dtype: torch.dtype = torch.float32) -> DiT:
     """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
-    order from the same seed and keeps its own part, so a layout never changes the initial weights."""
+    order from the same seed and keeps its own part, so a layout never changes the initial weights.
+    Parameters are built in fp32 (DeepSpeed casts them for bf16 training); `activation_dtype` is the dtype the
+    stages exchange between them (the training precision: the receiving buffers are allocated in it)."""
     cfg = dit_config(model, vocab_size, causal, objective, mask_id)
     # TransformerConfig rather than its base ModelParallelConfig: megatron's pipeline schedules read
     # transformer fields (hidden_size for the p2p buffers, among others).
     mp_config = TransformerConfig(
         num_layers=cfg.n_blocks, hidden_size=cfg.hidden, num_attention_heads=cfg.n_heads,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, use_cpu_initialization=True,
-        params_dtype=torch.float32, pipeline_dtype=torch.float32, sequence_parallel=sequence_parallel,
+        params_dtype=torch.float32, pipeline_dtype=activation_dtype, sequence_parallel=sequence_parallel,
     )
     torch.manual_seed(seed)
     if pp == 1:

@@ -18,6 +18,12 @@ def resolved_precision(precision: str) -> str:
     return precision
 
 
+def activation_dtype(precision: str) -> torch.dtype:
+    """The dtype the model computes (and pipeline stages exchange) in: DeepSpeed casts the model to bf16 for
+    bf16 training."""
+    return torch.bfloat16 if resolved_precision(precision) == "bf16" else torch.float32
+
+
 def deepspeed_clips(cfg: Config) -> bool:
     """ZeRO and bf16 optimizers clip with the norm they report; DeepSpeed's plain fp32 path computes a norm it
     does not keep, so there `step` computes the norm once and clips itself."""

@@ -13,16 +13,64 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dsl_scale.config import check_parallel_layout
+from dsl_scale.config import BACKENDS, check_parallel_layout
 
 
 def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+# Set by the launcher when it gave this process GPUs (SLURM with --gpus*/--gres, or the environment itself).
+GPU_ALLOCATION_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
+
+
+def _says_gpus(name: str, value: str) -> bool:
+    if name == "SLURM_GPUS_ON_NODE":  # a count
+        return value not in ("", "0")
+    return value not in ("", "-1", "NoDevFiles")  # GPU indices or UUIDs; SLURM writes NoDevFiles for none
+
+
+def allocated_gpu_variables(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables of GPU_ALLOCATION_VARIABLES that say the launcher allocated GPUs to this process.
+    CUDA_VISIBLE_DEVICES does not count under DS_ACCELERATOR=cpu: DeepSpeed's launcher sets it to the local
+    ranks' indices on CPU machines too, where it has to be started with DS_ACCELERATOR=cpu."""
+    env = os.environ if environ is None else environ
+    values = {name: env.get(name, "").strip() for name in GPU_ALLOCATION_VARIABLES}
+    if env.get("DS_ACCELERATOR") == "cpu":
+        values.pop("CUDA_VISIBLE_DEVICES")
+    return {name: value for name, value in values.items() if _says_gpus(name, value)}
+
+
+def process_group_backend(requested: str = "auto", environ: dict[str, str] | None = None) -> str:
+    """torch.distributed's backend for `parallel.backend`: nccl when CUDA is available (auto) or asked for,
+    gloo otherwise. Refuses (ValueError / RuntimeError) rather than falling back to gloo when the launcher
+    allocated GPUs that CUDA cannot see (the other ranks would wait for this one on NCCL until they time out)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"parallel.backend={requested!r} is not one of {BACKENDS}")
+    if requested == "gloo":
+        return "gloo"
+    if on_gpu():
+        return "nccl"
+    if requested == "nccl":
+        raise RuntimeError("parallel.backend=nccl but CUDA is not available to this process (torch.cuda."
+                           f"is_available() is False, torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                           "use parallel.backend=gloo to run on the CPU")
+    allocated = allocated_gpu_variables(environ)
+    if allocated:
+        named = ", ".join(f"{k}={v}" for k, v in allocated.items())
+        raise RuntimeError(f"the launcher allocated GPUs to this process ({named}) but CUDA is not available "
+                           f"(torch.cuda.is_available() is False, torch {torch.__version__}, CUDA build "
+                           f"{torch.version.cuda}): refusing to fall back to gloo, which would leave the NCCL ranks "
+                           "waiting. Fix the node's driver / CUDA setup, or set parallel.backend=gloo to run on "
+                           "the CPU on purpose (DS_ACCELERATOR=cpu also marks a CPU run under deepspeed's launcher, "
+                           "which sets CUDA_VISIBLE_DEVICES itself)")
+    return "gloo"
+
+
 def prepare_environment() -> None:
-    """Call before importing deepspeed: picks its accelerator and fills in a world of one for plain `python`."""
-    if not on_gpu():
+    """Call before importing deepspeed: picks its accelerator and fills in a world of one for plain `python`.
+    The CPU accelerator is not chosen for a process the launcher gave GPUs (`process_group_backend` refuses it)."""
+    if not on_gpu() and not allocated_gpu_variables():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
@@ -61,18 +109,18 @@ def check_layout(world_size: int, tp: int, pp: int) -> None:
     check_parallel_layout(tp=tp, pp=pp, world_size=world_size)
 
 
-def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30) -> Topology:
-    """Start torch.distributed (nccl on GPU, gloo on CPU) and megatron-core's TP/PP/DP groups."""
+def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, backend: str = "auto") -> Topology:
+    """Start torch.distributed (`backend`: see process_group_backend) and megatron-core's TP/PP/DP groups."""
     from datetime import timedelta
+
+    dist_backend = process_group_backend(backend)  # before anything starts: a refusal costs nothing
 
     import deepspeed
     from megatron.core import parallel_state
 
     prepare_environment()
     if not dist.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend="nccl" if on_gpu() else "gloo", timeout=timedelta(minutes=timeout_minutes)
-        )
+        deepspeed.init_distributed(dist_backend=dist_backend, timeout=timedelta(minutes=timeout_minutes))
     if on_gpu():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     world = dist.get_world_size()

@@ -9,6 +9,7 @@ once, for code that builds a sampler config by hand.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
@@ -19,9 +20,12 @@ from dsl_scale.config import check_choices, choice
 
 @dataclass
 class SamplerSchema:
-    """mdlm and remdm_conf: the name only (SPEC §5)."""
+    """mdlm and remdm_conf: the name and the nucleus rule (SPEC §5)."""
 
     name: str = "mdlm"
+    # top-p rule (sampling/steps.py): reference = kuleshov-group/remdm's (cumulative mass ≤ p, plus the
+    # top-1); crossing = also the token that crosses p (the smallest set whose mass reaches p)
+    nucleus: str = choice("reference", "reference", "crossing")
 
 
 @dataclass
@@ -41,18 +45,31 @@ class LoopSampler(RemaskingSampler):
 
 
 @dataclass
+class ConfidenceSampler(LoopSampler):
+    """remdm_confidence: remdm_loop's α schedule and remasking budget η, σ per visible token from the
+    model's current confidence in it (sampling/schedules.py)."""
+
+    # DSL checkpoints: feed visible tokens through the converter as z = visible_snr·K_x and [MASK] as z = 0
+    # (sampling/visible_channel.py, as fengsxy/DSL-LLaDA decodes); null: the embedding table, any checkpoint
+    visible_snr: float | None = None
+
+
+@dataclass
 class LocalizationPath:
     """The DSL samplers' SDE path (dsl_scale/sampling/continuous.py, hybrid.py explain the choices)."""
 
     noise_scale: float = 1.0  # g: 1 is the exact localization SDE; 0 makes every position identical
-    s_min: float = 1e-2  # first point of the log-spaced SNR grid (after the step from s = 0)
+    # first point of the log-spaced SNR grid (after the step from s = 0); null: where the posterior starts
+    # to move, from the keys (continuous.snr_window: 1/(2‖K‖²))
+    s_min: float | None = None
 
 
 @dataclass
 class ContinuousSampler(LocalizationPath, SamplerSchema):
     """dsl_continuous."""
 
-    s_max: float = 100.0  # dsl_continuous: last SNR, where the final argmax is taken
+    # last SNR, where the final argmax is taken; null: where the posterior has settled (continuous.snr_window)
+    s_max: float | None = None
 
 
 @dataclass
@@ -66,12 +83,12 @@ class HybridSampler(LocalizationPath, LoopSampler):
 SAMPLER_SCHEMAS: dict[str, type[SamplerSchema]] = {
     "mdlm": SamplerSchema, "remdm_conf": SamplerSchema, "remdm_cap": RemaskingSampler,
     "remdm_rescale": RemaskingSampler, "remdm_loop": LoopSampler, "dsl_continuous": ContinuousSampler,
-    "dsl_hybrid": HybridSampler,
+    "dsl_hybrid": HybridSampler, "remdm_confidence": ConfidenceSampler,
 }
 
 
 @dataclass
-class SamplerConfig(HybridSampler, ContinuousSampler):
+class SamplerConfig(HybridSampler, ContinuousSampler, ConfidenceSampler):
     """Every sampler's fields in one (each sampler reads those it needs), for configs built in code."""
 
     name: str = "mdlm"
@@ -88,9 +105,11 @@ class SampleConfig:
     top_p: float = 0.9
     seed: int = 0
     out: str = "samples.jsonl"
-    # One forward per sequence: a sample's logits then do not depend on which sequences share its
-    # batch (CPU GEMMs round rows differently at different batch sizes). false: faster on GPU.
-    batch_invariant: bool = True
+    # true: one forward per sequence, so a sample's logits do not depend on which sequences share its batch
+    # (GEMMs round rows differently at different batch sizes); false: one forward per batch; auto: per
+    # sequence on CPU (as fast there), batched on an accelerator (sampling/denoiser.py).
+    batch_invariant: bool | str = "auto"
+    precision: str = choice("auto", "auto", "fp32", "bf16")  # the model's dtype; auto: bf16 on GPU, fp32 on CPU
     print_samples: int = 0  # echo this many decoded samples to stdout
 
 
@@ -105,6 +124,8 @@ def validate_sample_config(cfg: SampleConfig, known_samplers: tuple[str, ...]) -
         raise ValueError(f"sampler.name={s.name!r} does not fit the fields of the sampler chosen "
                          f"({type(s).__name__}); pick it with sampler={s.name}")
     check_choices(cfg)
+    if not (isinstance(cfg.batch_invariant, bool) or cfg.batch_invariant == "auto"):
+        raise ValueError(f"batch_invariant={cfg.batch_invariant!r} must be true, false or auto")
     if cfg.steps < 1 or cfg.num_samples < 0 or cfg.batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1 and num_samples >= 0")
     if not 0 < cfg.top_p <= 1:
@@ -114,11 +135,19 @@ def validate_sample_config(cfg: SampleConfig, known_samplers: tuple[str, ...]) -
     if isinstance(s, LoopSampler) and (not 0 < s.t_off < s.t_on < 1 or not 0 < s.alpha_on < 1):
         raise ValueError(f"need 0 < sampler.t_off={s.t_off} < sampler.t_on={s.t_on} < 1 and "
                          f"0 < sampler.alpha_on={s.alpha_on} < 1")
+    if isinstance(s, LoopSampler) and s.eta > (1 - s.alpha_on) / s.alpha_on:
+        raise ValueError(f"sampler.eta={s.eta} must be <= (1 - alpha_on)/alpha_on = "
+                         f"{(1 - s.alpha_on) / s.alpha_on:.4g}: above it the loop's remasking step at "
+                         "α = alpha_on is not a distribution")
+    if getattr(s, "visible_snr", None) is not None and not s.visible_snr > 0:
+        raise ValueError(f"sampler.visible_snr={s.visible_snr} must be > 0 (or null: the embedding table)")
     if isinstance(s, LocalizationPath):
-        tops = {k: getattr(s, k) for k in ("s_max", "draft_snr") if hasattr(s, k)}  # the grid's last SNR
-        if s.noise_scale < 0 or not 0 < s.s_min < min(tops.values()):
+        tops = {k: getattr(s, k) for k in ("s_max", "draft_snr") if getattr(s, k, None) is not None}
+        if s.noise_scale < 0 or (s.s_min is not None and not 0 < s.s_min < min(tops.values(), default=math.inf)):
             raise ValueError(f"need sampler.noise_scale={s.noise_scale} >= 0 and 0 < sampler.s_min={s.s_min} < "
                              + " and < ".join(f"sampler.{k}={v}" for k, v in tops.items()))
+        if any(v <= 0 for v in tops.values()):
+            raise ValueError(f"the last SNR must be > 0: {tops}")
     if s.name == "dsl_hybrid" and not 1 <= s.continuous_steps < cfg.steps:
         raise ValueError(f"dsl_hybrid needs 1 <= sampler.continuous_steps={s.continuous_steps} < steps={cfg.steps} "
                          "(steps counts the continuous and the discrete steps)")

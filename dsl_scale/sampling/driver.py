@@ -1,7 +1,11 @@
-"""Distributed sampling: every DP rank loads the model, takes its share of the sample indices not yet
-written, and appends finished batches to its part file; rank 0 merges them into `out` at the end.
+"""Distributed sampling: every DP rank loads the model onto its compute device, takes its share of the
+batches not yet written, and appends finished batches to its part file; rank 0 merges them into `out`.
 
-Which rank draws a sample does not matter: its randomness comes from (seed, index) only.
+Which rank draws a sample does not matter: its randomness comes from (seed, index) only. Batches are fixed
+blocks of `batch_size` consecutive indices, whatever the number of ranks and however often the job was
+resumed (a block cut by a kill is redone whole; only its missing samples are written), so with batched
+forwards (sampling/denoiser.py), where logits can depend in their last bits on the batch, a sample has the
+same batch-mates in every run with the same batch_size.
 """
 
 from __future__ import annotations
@@ -27,39 +31,45 @@ def run_sampling(cfg: SampleConfig) -> None:
     set_cpu_threads()
     started = time.time()
     topo = init_process_groups(1, 1)  # DP only: every rank holds the whole model
-    loaded = load_for_inference(cfg.checkpoint, cfg.weights)
+    loaded = load_for_inference(cfg.checkpoint, cfg.weights, cfg.precision)
     model, tokenizer, seq_len = loaded.model, loaded.tokenizer, loaded.train_config.model.seq_len
-    check_model_fits(cfg.sampler.name, model, cfg.checkpoint)
+    check_model_fits(cfg.sampler.name, model, cfg.checkpoint, getattr(cfg.sampler, "visible_snr", None))
+    denoise = ModelDenoiser(model, cfg.batch_invariant)
     out = Path(cfg.out)
     settings = {
         **dataclasses.asdict(cfg), "checkpoint_dir": str(Path(loaded.checkpoint_dir).resolve()),
         "weights_loaded": loaded.weights, "seq_len": seq_len, "world_size": topo.world_size,
-        "tokenizer": tokenizer.name,
+        "tokenizer": tokenizer.name, "batch_invariant": denoise.batch_invariant,  # resolved, like these two:
+        "precision": loaded.precision, "device": loaded.device.type,
     }
     done = _agree_on_done(out, settings, topo.rank)
     todo = [i for i in range(cfg.num_samples) if i not in done]
-    mine = todo[topo.rank :: topo.world_size]
     if topo.rank == 0 and done:
         print(f"[dsl_scale] resuming {out}: {len(done)} samples already written, {len(todo)} to go")
 
     sampler = get_sampler(cfg.sampler.name)
-    denoise = ModelDenoiser(model, cfg.batch_invariant)
     writer = records.PartWriter(out, topo.rank)
-    bar = tqdm(total=len(todo), disable=topo.rank != 0, desc=f"sampling ({topo.world_size} ranks)",
-               unit="sample", mininterval=2.0)
-    for first in range(0, len(mine), cfg.batch_size):
-        batch = mine[first : first + cfg.batch_size]
+    bar = tqdm(total=len(todo), disable=topo.rank != 0, desc=f"sampling ({topo.world_size} ranks, "
+               f"{loaded.device.type} {loaded.precision})", unit="sample", mininterval=2.0)
+    for batch in my_batches(cfg.num_samples, cfg.batch_size, done, topo.rank, topo.world_size):
         result = sampler(denoise, batch, seq_len, cfg.steps, tokenizer.mask_id, cfg.seed, cfg.sampler,
                          cfg.top_p)
-        writer.write([
-            {"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe}
-            for i, tokens, nfe in zip(batch, result.tokens.tolist(), result.nfe)
-        ])
-        bar.update(len(batch) * topo.world_size)  # rank 0's pace stands for everyone's
+        missing = [(i, tokens, nfe) for i, tokens, nfe in zip(batch, result.tokens.tolist(), result.nfe)
+                   if i not in done]
+        writer.write([{"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe}
+                      for i, tokens, nfe in missing])
+        bar.update(len(missing) * topo.world_size)  # rank 0's pace stands for everyone's
     bar.close()
     dist.barrier()
     if topo.rank == 0:
         _finish(cfg, out, settings, started, resumed=len(done))
+
+
+def my_batches(num_samples: int, batch_size: int, done: set[int], rank: int, world_size: int) -> list[list[int]]:
+    """This rank's share of the blocks [k·batch_size, (k + 1)·batch_size) that still miss a sample."""
+    blocks = [list(range(first, min(first + batch_size, num_samples)))
+              for first in range(0, num_samples, batch_size)]
+    return [b for b in blocks if not done.issuperset(b)][rank::world_size]
 
 
 def _agree_on_done(out: Path, settings: dict, rank: int) -> set[int]:

@@ -8,6 +8,10 @@ stay vs leave (two outcomes); then, only where a masked position leaves, the tok
 x_θ. By the Gumbel-max grouping property this is the same categorical as one Gumbel-max over all V
 outcomes, but costs O(L) per step instead of O(L·V): softmax, nucleus and noise are computed only for
 the few rows that unmask.
+
+Steps follow kuleshov-group/remdm (SPEC §5): T random steps over linspace(1, 1e-5, T + 1), then one
+noise-removal pass whose argmax fills what is still masked; NFE counts every forward, that one included
+(≤ T + 1: a sequence a step left unchanged reuses its x_θ, the model not being time-conditioned).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
+from dsl_scale.core.device import CPU
 from dsl_scale.core.seeding import derive_seed
 from dsl_scale.diffusion.mdlm import suppress_mask_logit_
 from dsl_scale.sampling.config import SamplerConfig
-from dsl_scale.sampling.schedules import SCHEDULES, Schedule
+from dsl_scale.sampling.schedules import CURRENT_CONFIDENCE, SCHEDULES, Schedule
 from dsl_scale.sampling.steps import gumbel_max, gumbel_noise, nucleus_rows, transition_groups
+from dsl_scale.sampling.visible_channel import VisibleThroughChannel
 
 SAMPLE_STREAM = 5
 Denoiser = Callable[[torch.Tensor], torch.Tensor]  # ids [b, L] → logits [b, L, V]
@@ -35,8 +41,16 @@ class SampleResult:
     psi: torch.Tensor  # [n, L] x_θ probability of each token when drawn; 0 where the final argmax set it
 
 
-def sample_generators(seed: int, indices: list[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(derive_seed(seed, SAMPLE_STREAM, i)) for i in indices]
+def sample_generators(seed: int, indices: list[int], device: torch.device = CPU) -> list[torch.Generator]:
+    """One generator per sample, seeded by (seed, index), on the device that holds the sampler's state (a
+    CUDA generator draws other numbers than a CPU one: samples are a function of (seed, index) per device type)."""
+    return [torch.Generator(device).manual_seed(derive_seed(seed, SAMPLE_STREAM, i)) for i in indices]
+
+
+def state_device(denoise: Denoiser) -> torch.device:
+    """Where a sampler keeps its state (ids, ψ, z) and generators: the denoiser's model's device (ModelDenoiser
+    .device), so x_θ never leaves the accelerator; the CPU for a denoiser that names none."""
+    return torch.device(getattr(denoise, "device", CPU))
 
 
 def time_grid(steps: int, t_final: float = 1e-5) -> list[float]:
@@ -62,10 +76,13 @@ def sample(
     With `cache`, a sequence that a step left unchanged reuses its x_θ instead of a new forward pass.
     """
     sampler = sampler or SamplerConfig()
+    if getattr(sampler, "visible_snr", None) is not None:
+        denoise = VisibleThroughChannel(denoise, sampler.visible_snr, mask_id)
     n = len(indices)
-    x = torch.full((n, seq_len), mask_id, dtype=torch.long, device="cpu")  # host-side sampler state
-    psi = torch.zeros(n, seq_len, dtype=torch.float64, device="cpu")  # x_θ prob of each token when it was unmasked
-    return discrete_phase(denoise, x, psi, time_grid(steps, t_final), sample_generators(seed, indices),
+    device = state_device(denoise)
+    x = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
+    psi = torch.zeros(n, seq_len, dtype=torch.float64, device=device)  # x_θ prob of each token when it was unmasked
+    return discrete_phase(denoise, x, psi, time_grid(steps, t_final), sample_generators(seed, indices, device),
                           sampler, SCHEDULES[sampler.name], mask_id, top_p, cache, trace)
 
 
@@ -82,33 +99,48 @@ def discrete_phase(
     cache: bool = True,
     trace: Trace | None = None,
 ) -> SampleResult:
-    """Runs `schedule` over the times `grid` (len(grid) − 1 steps, the last one the argmax of x_θ) from
-    the state x [n, L] (ids, [MASK] where masked) and psi [n, L]; psi is updated in place."""
+    """Runs `schedule` over the times `grid` (len(grid) − 1 random steps, then the noise-removal argmax of
+    x_θ at grid[-1]) from the state x [n, L] (ids, [MASK] where masked) and psi [n, L]; psi is updated in
+    place. `trace` sees every random step k at the time it reached, then the final pass as k = len(grid) − 1."""
     n, steps = x.shape[0], len(grid) - 1
     logits: list[torch.Tensor] = [torch.empty(0, device=x.device)] * n  # per sequence [L, V], [MASK] suppressed
     stale = torch.ones(n, dtype=torch.bool, device=x.device)
     nfe = [0] * n
-    for k in range(steps):
+    current_confidence = sampler.name in CURRENT_CONFIDENCE
+    for k in range(steps + 1):
         _refresh(denoise, x, logits, stale, mask_id)
         for i in stale.nonzero().flatten().tolist():
             nfe[i] += 1
         masked = x == mask_id
-        if k == steps - 1:
+        if k == steps:
             new_x = torch.where(masked, torch.stack([row.argmax(dim=-1) for row in logits]), x)
         else:
-            alpha_t, alpha_s, sigma = schedule(sampler, grid[k], grid[k + 1], psi, ~masked)
+            scores = visible_confidence(logits, x) if current_confidence else psi
+            alpha_t, alpha_s, sigma = schedule(sampler, grid[k], grid[k + 1], scores, ~masked)
             new_x = x.clone()
             for i, generator in enumerate(generators):
                 _step_one(new_x[i], psi[i], masked[i], logits[i], alpha_t, alpha_s, sigma[i], mask_id, top_p,
-                          generator)
+                          generator, sampler.nucleus)
         stale = (new_x != x).any(dim=-1) if cache else torch.ones(n, dtype=torch.bool, device=x.device)
         x = new_x
         if trace is not None:
-            trace(k, grid[k + 1], x)
+            trace(k, grid[min(k + 1, steps)], x)
     return SampleResult(tokens=x, nfe=nfe, psi=psi)
 
 
-def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, generator) -> None:
+def visible_confidence(logits: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """[n, L] fp64: the model's probability of the token each position holds, softmax of the raw logits
+    ([MASK] suppressed) as the denoiser returns them. The model's raw output at a visible position is its
+    own prediction there: SUBS's carry-over of visible tokens (diffusion/mdlm.py) is applied only in the
+    training loss, never by the model or the denoiser. ([MASK] positions get ≈ 0; schedules ignore them.)"""
+    return torch.stack([
+        (row.double().gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(row.double(), dim=-1)).exp()
+        for row, ids in zip(logits, x)
+    ])
+
+
+def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, generator,
+              nucleus: str = "reference") -> None:
     """One sequence's step, in place on x [L] and psi [L]. Noise: 2 per position, then one per
     nucleus id of each position that unmasks, in position order."""
     stay, leave = transition_groups(masked, alpha_t, alpha_s, sigma)
@@ -119,7 +151,7 @@ def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, g
     unmask = (moves & masked).nonzero().flatten()
     if len(unmask) == 0:
         return
-    for (ids, probs), pos in zip(nucleus_rows(logits[unmask], top_p), unmask.tolist()):
+    for (ids, probs), pos in zip(nucleus_rows(logits[unmask], top_p, nucleus), unmask.tolist()):
         pick = gumbel_max(probs, gumbel_noise((len(ids),), generator))
         x[pos] = ids[pick]
         psi[pos] = probs[pick]

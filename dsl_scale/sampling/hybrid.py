@@ -2,14 +2,16 @@
 
 Reading of "continuous draft, then ReMDM-loop":
 1. `continuous_steps` = C steps of the continuous sampler (continuous.py) from s = 0 to `draft_snr`
-   (log grid from s_min), then the draft = argmax of x_θ at that z (the draw's randomness is already in
-   the SDE path); each position's confidence ψ = x_θ(draft token). NFE 2C.
+   (log grid from s_min, by default continuous.snr_window's start), then the draft = argmax of x_θ at
+   that z (the draw's randomness is already in the SDE path); each position's confidence
+   ψ = x_θ(draft token). NFE 2C.
 2. The draft stands in for the loop's first phase (t > t_on, MDLM from α = 0 up to α_on): the
    round(α_on·L) most confident draft positions are kept (ties: the earlier position), the others
    re-masked, so the state has the loop's α at t_on, and the loop continues from t = t_on exactly as
-   `remdm_loop` would: remasking with σ = η on (t_off, t_on], MDLM from α_on to 1 below t_off, a final
-   argmax. Its grid is linspace(t_on, 1e-5, steps − C + 1) (`steps` counts both phases), on the
-   discrete path (tokens / [MASK] through the embedding table), with the loop's x_θ caching.
+   `remdm_loop` would: remasking with σ = η on (t_off, t_on], MDLM from α_on to 1 below t_off, then the
+   noise-removal argmax. Its grid is linspace(t_on, 1e-5, steps − C + 1) (`steps` counts both phases:
+   steps − C random steps), on the discrete path (tokens / [MASK] through the embedding table), with the
+   loop's x_θ caching. NFE ≤ 2C + (steps − C) + 1.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from dsl_scale.sampling.config import HybridSampler
-from dsl_scale.sampling.continuous import ContinuousDenoiser, Localizer, localize_path, snr_points
-from dsl_scale.sampling.generate import SampleResult, Trace, discrete_phase, sample_generators
+from dsl_scale.sampling.continuous import ContinuousDenoiser, Localizer, localize_path
+from dsl_scale.sampling.generate import SampleResult, Trace, discrete_phase, sample_generators, state_device
 from dsl_scale.sampling.schedules import loop
 
 
@@ -37,9 +39,9 @@ def sample_dsl_hybrid(denoise: ContinuousDenoiser, indices: list[int], seq_len: 
     sampler = sampler or HybridSampler(name="dsl_hybrid")
     if not 1 <= sampler.continuous_steps < steps:
         raise ValueError(f"dsl_hybrid needs 1 <= continuous_steps={sampler.continuous_steps} < steps={steps}")
-    loc = Localizer(denoise, mask_id, top_p)
-    generators = sample_generators(seed, indices)
-    grid = snr_points(sampler.continuous_steps, sampler.s_min, sampler.draft_snr)
+    loc = Localizer(denoise, mask_id, top_p, sampler.nucleus)
+    grid = loc.grid(sampler.continuous_steps, sampler.s_min, sampler.draft_snr)
+    generators = sample_generators(seed, indices, state_device(denoise))
     logits = loc.logits(localize_path(loc, seq_len, grid, sampler.noise_scale, generators))
     draft = logits.argmax(dim=-1)
     psi = torch.softmax(logits.double(), dim=-1).gather(-1, draft[..., None]).squeeze(-1)

@@ -16,7 +16,7 @@ from pathlib import Path
 from dsl_scale.core.files import atomic_write_text
 
 IDENTITY_KEYS = ("checkpoint_dir", "weights_loaded", "sampler", "steps", "seed", "top_p", "seq_len",
-                 "batch_invariant")
+                 "batch_invariant", "precision", "device")  # device: CUDA generators draw other numbers
 
 
 def settings_path(out: Path) -> Path:

@@ -34,8 +34,12 @@ def get_sampler(name: str) -> SamplerFn:
     return _SAMPLERS[name]
 
 
-def check_model_fits(name: str, model: nn.Module, checkpoint: str) -> None:
-    """The DSL samplers feed z through DSL's converter: refuse a checkpoint without one, by name."""
+def check_model_fits(name: str, model: nn.Module, checkpoint: str, visible_snr: float | None = None) -> None:
+    """The DSL samplers, and any sampler given visible_snr, feed z through DSL's converter: refuse a
+    checkpoint without one, by name."""
     if name in _NEED_CONVERTER and not hasattr(model, "converter"):
         raise ValueError(f"sampler={name} needs a DSL checkpoint (a DiT with a converter), but checkpoint="
                          f"{checkpoint} has none (an MDLM run?); use a discrete sampler or a DSL run")
+    if visible_snr is not None and not hasattr(model, "converter"):
+        raise ValueError(f"sampler.visible_snr={visible_snr} feeds tokens through DSL's converter, but checkpoint="
+                         f"{checkpoint} has none (an MDLM run?); leave sampler.visible_snr null")

@@ -9,21 +9,38 @@ from __future__ import annotations
 
 import torch
 
+# Nucleus rules over the ids sorted by descending probability, with cumulative mass m_i up to and
+# including id i: "reference" (kuleshov-group/remdm, SPEC §5) keeps m_i ≤ p plus always the top-1;
+# "crossing" keeps m_i − p_i < p, i.e. also the id that crosses p (the smallest set reaching p).
+NUCLEUS_RULES = ("reference", "crossing")
 
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus truncation: keep the smallest set of ids whose mass reaches top_p, renormalised."""
+
+def _in_nucleus(sorted_probs: torch.Tensor, top_p: float, rule: str) -> torch.Tensor:
+    mass = sorted_probs.cumsum(dim=-1)
+    if rule == "crossing":
+        return (mass - sorted_probs) < top_p
+    if rule != "reference":
+        raise ValueError(f"nucleus rule {rule!r} is not one of {NUCLEUS_RULES}")
+    kept = mass <= top_p
+    kept[..., 0] = True
+    return kept
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float, rule: str = "reference") -> torch.Tensor:
+    """Nucleus truncation under `rule` (NUCLEUS_RULES), renormalised."""
     if top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = torch.where(mass_before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+    sorted_probs = torch.where(_in_nucleus(sorted_probs, top_p, rule), sorted_probs, torch.zeros_like(sorted_probs))
     kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def nucleus_rows(logits: torch.Tensor, top_p: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def nucleus_rows(logits: torch.Tensor, top_p: float,
+                 rule: str = "reference") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Compact x_θ nuclei of logit rows [k, V] ([MASK] already suppressed): per row (ids, probs fp64),
-    ids by descending probability (when top_p < 1). The same distribution as top_p_filter(softmax(logits)), but sorting
+    ids by descending probability (when top_p < 1). The same distribution as
+    top_p_filter(softmax(logits), top_p, rule) (both rules keep a prefix of the sorted ids), but sorting
     only a candidate prefix: ids are binned by logit gap to the row's best (bins are monotone
     in probability, so each bin set is a prefix of the sorted order) and the first bins whose mass
     reaches top_p are sorted. If rounding makes that prefix fall short, the whole row is sorted.
@@ -42,7 +59,7 @@ def nucleus_rows(logits: torch.Tensor, top_p: float) -> list[tuple[torch.Tensor,
         i = candidates[order]
         if v.sum() < top_p:
             v, i = row.sort(descending=True)
-        kept = (v.cumsum(dim=-1) - v) < top_p
+        kept = _in_nucleus(v, top_p, rule)
         rows.append((i[kept], v[kept] / v[kept].sum()))
     return rows
 
@@ -63,13 +80,16 @@ def transition_groups(
 
     Unmasked: stay 1 − σ, leave (to [MASK]) σ. Masked: stay (1 − α_s − σα_t)/(1 − α_t), leave (to a
     token drawn from x_θ) (α_s − (1 − σ)α_t)/(1 − α_t). Both written as in SPEC §5, not as 1 − other.
+    A negative value (remdm_loop's step across t_on can have α_s > 1) counts as 0 and the pair is
+    renormalised, which is what the reference's sampler does with it (a race that a mass ≤ 0 never wins).
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=masked.device).expand(masked.shape)
     unmask_stay = ((1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
     unmask_leave = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)).clamp_min(0.0)
     stay = torch.where(masked, unmask_stay, 1 - sigma)
     leave = torch.where(masked, unmask_leave, sigma)
-    return stay, leave
+    total = stay + leave
+    return stay / total, leave / total
 
 
 def remdm_step_probs(

@@ -17,15 +17,15 @@ from dsl_scale.checkpoint.manager import Checkpointer
 from dsl_scale.config import Config, validate
 from dsl_scale.core import seeding
 from dsl_scale.core.batch import Prepared
-from dsl_scale.core.device import collective_device
+from dsl_scale.core.device import collective_device, compute_device
 from dsl_scale.core.files import atomic_directory
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
 from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.model.factory import build_dit
 from dsl_scale.parallel import cpu_compat, pipeline
 from dsl_scale.parallel import engine as engine_lib
-from dsl_scale.parallel.engine import build_engine, resolved_precision
-from dsl_scale.parallel.topology import init_process_groups, set_cpu_threads
+from dsl_scale.parallel.engine import activation_dtype, build_engine, resolved_precision
+from dsl_scale.parallel.topology import init_process_groups, process_group_backend, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import preemption
 from dsl_scale.train.ema import EMA
@@ -37,9 +37,10 @@ class Trainer:
         self.cfg = cfg
         set_cpu_threads()
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        process_group_backend(cfg.parallel.backend)  # CUDA asked for (or allocated) but absent: fail before any work
         self.stop_signal = preemption.StopSignal()  # SLURM's warning before a time limit or preemption
         cpu_compat.install()
-        self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp)
+        self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp, backend=cfg.parallel.backend)
         cpu_compat.seed_parallel_rng(cfg.train.seed, self.topo.tp_rank)
         self.run_dir = Path(cfg.run_dir)
         self.checkpointer = Checkpointer(self.run_dir, self.topo, cfg.parallel.zero_stage,
@@ -55,7 +56,8 @@ class Trainer:
         self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
         model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
                           tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
-                          mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel)
+                          mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel,
+                          activation_dtype=activation_dtype(cfg.train.precision))
         if cfg.init_from and not self.checkpointer.will_resume():
             self.log(self.checkpointer.init_from(model, cfg.init_from, getattr(self.objective, "keys", None)))
         self.nll_fn = type(model).token_nll
@@ -102,8 +104,9 @@ class Trainer:
             print(f"[dsl_scale] {message}", flush=True)
 
     def _dp_mean(self, value: torch.Tensor) -> float:
-        value = value.detach().float().clone()
-        dist.all_reduce(value, group=ps.get_data_parallel_group())
+        group = ps.get_data_parallel_group()
+        value = value.detach().float().to(collective_device(group), copy=True)
+        dist.all_reduce(value, group=group)
         return float(value) / self.topo.dp
 
     # ----------------------------------------------------------------------------------------------
@@ -114,10 +117,12 @@ class Trainer:
     def _micro_batches(self, tokens: torch.Tensor, first_position: int, key: int, batch_size: int,
                        stream: int) -> list[Prepared]:
         """Each sequence's draws (the objective's, and its dropout seed: used in training only) come from
-        (seed, key, its position in the global batch), so they do not depend on the DP size."""
+        (seed, key, its position in the global batch), so they do not depend on the DP size. The batches are on
+        the compute device (the objective draws on the host and follows the tokens there); the dropout seeds
+        stay on the host, where the model reads them."""
         positions = torch.arange(first_position, first_position + len(tokens), device="cpu")
         batches = []
-        for chunk, chunk_positions in zip(tokens.split(self.cfg.train.micro_batch),
+        for chunk, chunk_positions in zip(tokens.to(compute_device()).split(self.cfg.train.micro_batch),
                                           positions.split(self.cfg.train.micro_batch)):
             batch = self.objective.prepare(chunk, chunk_positions, key, batch_size, stream)
             batch.dropout_seeds = seeding.per_example(chunk_positions, self.cfg.train.seed, seeding.DROPOUT_STREAM,
@@ -221,6 +226,8 @@ class Trainer:
     def _exit_for_requeue(self) -> None:
         if self.topo.rank == 0:
             preemption.mark_for_requeue(self.run_dir, self.step, self.stop_signal.name)
+        # The last barrier: a rank that exits first makes torchrun stop the others, so the note must exist by then.
+        dist.barrier()
         self.log(f"{self.stop_signal.name}: checkpoint of step {self.step} saved; exiting with "
                  f"{preemption.REQUEUE_EXIT_CODE} so that the job is requeued")
         raise SystemExit(preemption.REQUEUE_EXIT_CODE)

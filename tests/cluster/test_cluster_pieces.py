@@ -112,6 +112,84 @@ def test_stop_signal_on_one_rank_stops_all_ranks_and_rank0_names_the_checkpoint(
     assert all("different steps (10 … 11)" in g[5] for g in got)
 
 
+def _requeue_world(rank: int, port: int, run_dir: str, results) -> None:
+    import time
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from dsl_scale.train import preemption
+    from dsl_scale.train.trainer import Trainer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if rank == 0:  # a slow shared filesystem: the note takes a while to write
+        write = preemption.mark_for_requeue
+        preemption.mark_for_requeue = lambda *args: (time.sleep(2), write(*args))
+    trainer = SimpleNamespace(topo=SimpleNamespace(rank=rank), run_dir=Path(run_dir), step=6, log=print,
+                              stop_signal=SimpleNamespace(name="SIGUSR1"))
+    try:
+        Trainer._exit_for_requeue(trainer)
+    except SystemExit as exit_:
+        # the moment this rank's process would end (and torchrun would stop the others)
+        results.put((rank, exit_.code, (Path(run_dir) / preemption.REQUEUE_MARKER).exists()))
+
+
+@pytest.mark.distributed
+def test_no_rank_exits_for_requeue_before_rank0_wrote_the_marker(tmp_path):
+    """A rank that exits first makes torchrun stop the others: rank 0's REQUEUE note must exist by then."""
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    mp.start_processes(_requeue_world, args=(free_port(), str(tmp_path), results), nprocs=2, start_method="spawn")
+    assert sorted(results.get() for _ in range(2)) == [(0, 75, True), (1, 75, True)]
+
+
+def test_submit_asks_for_whole_nodes_unless_told_not_to():
+    gpu, _ = submit.sbatch_command("pretrain", submit.load_cluster(["cluster=gpu_4node"]), [], "stamp")
+    assert "--exclusive" in gpu and "--gpus-per-node=8" in gpu and "--nodes=4" in gpu
+    shared, _ = submit.sbatch_command("pretrain", submit.load_cluster(["cluster=local"]), [], "stamp")
+    assert "--oversubscribe" in shared and "--exclusive" not in shared
+
+
+def _job_script_srun_args(tmp_path: Path, **slurm: str) -> subprocess.CompletedProcess:
+    """launchers/slurm/job.sh under a fake allocation: stand-ins for srun and scontrol print what they got."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$2" = hostnames ] && printf "n1\\nn2\\n"; '
+                                      '[ "$2" = node ] && echo "NodeName=n1 NodeAddr=10.0.0.1"; true\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NAME": "dsl-pretrain",
+           "DSL_SCALE_PYTHON": sys.executable, **slurm}
+    return subprocess.run(["bash", str(REPO / "launchers/slurm/pretrain.sbatch"), f"run_dir={tmp_path}/run"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def test_job_script_passes_cpus_and_gpus_to_srun_and_sets_nccl_defaults(tmp_path):
+    result = _job_script_srun_args(tmp_path, SLURM_CPUS_ON_NODE="96", SLURM_GPUS_ON_NODE="8")
+    srun = next(line for line in result.stdout.splitlines() if line.startswith("srun "))
+    assert "--cpus-per-task=96" in srun and "--gpus-per-node=8" in srun and "--nproc-per-node=8" in srun
+    given = _job_script_srun_args(tmp_path, SLURM_CPUS_PER_TASK="48", SLURM_GPUS_ON_NODE="8")
+    assert "--cpus-per-task=48 --gpus-per-node=8" in given.stdout
+    # deepspeed --launcher slurm: a task per rank, each with its share of the node's CPUs and all its GPUs
+    per_rank = _job_script_srun_args(tmp_path, SLURM_CPUS_ON_NODE="96", SLURM_GPUS_ON_NODE="8",
+                                     DSL_LAUNCHER="deepspeed", DSL_RANKS_PER_NODE="8")
+    srun = next(line for line in per_rank.stdout.splitlines() if line.startswith("srun "))
+    assert "-n 16 --ntasks-per-node=8 --cpus-per-task=12 --gpus-per-node=8" in srun, per_rank.stderr[-2000:]
+    env_dump = subprocess.run(["bash", "-c", f"source <(sed -n '/^export NCCL_DEBUG/,/^export PYTHONFAULT/p' "
+                               f"{REPO}/launchers/slurm/job.sh); env"], capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"], "NCCL_DEBUG": "INFO"}).stdout
+    assert "NCCL_DEBUG=INFO" in env_dump and "TORCH_NCCL_ASYNC_ERROR_HANDLING=3" in env_dump
+
+
+def test_job_script_refuses_more_ranks_than_gpus_before_starting_anything(tmp_path):
+    result = _job_script_srun_args(tmp_path, SLURM_GPUS_ON_NODE="4", DSL_RANKS_PER_NODE="8")
+    assert result.returncode == 2
+    assert "8 ranks per node" in result.stderr and "4 GPU(s)" in result.stderr
+    assert "srun " not in result.stdout
+
+
 def test_job_scripts_parse():
     for script in sorted((REPO / "launchers" / "slurm").glob("*")):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

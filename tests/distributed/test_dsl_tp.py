@@ -128,3 +128,50 @@ def test_converter_and_dsl_loss_at_tp2_equal_tp1():
     from dsl_scale.parallel.topology import free_port
 
     mp.spawn(worker, args=(2, free_port()), nprocs=2, join=True)
+
+
+def build_dsl_dit(tp: int):
+    from dsl_scale.config import ModelConfig, ObjectiveConfig
+    from dsl_scale.model.factory import build_dit
+
+    model = ModelConfig(hidden=HIDDEN, n_blocks=1, n_heads=2, cond_dim=8)
+    return build_dit(model, VOCAB, seed=3, tp=tp, objective=ObjectiveConfig("dsl", key_dim=KEY_DIM), mask_id=MASK_ID)
+
+
+def staggered_worker(rank: int, world: int, port: int) -> None:
+    """TP = 2 ranks build their DSL DiT one after the other: a collective inside DiT.__init__ (which would
+    also run while the model is still on the CPU, before it reaches its GPU) cannot complete then, and the
+    short group timeouts turn it into an error. Each rank's converter must equal its slice of TP = 1's."""
+    from megatron.core import parallel_state
+
+    timeout_s = 15
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    parallel_state.initialize_model_parallel(1, 1, distributed_timeout_minutes=timeout_s / 60)
+    whole = dict(build_dsl_dit(1).named_parameters())
+    parallel_state.destroy_model_parallel()
+
+    parallel_state.initialize_model_parallel(2, 1, distributed_timeout_minutes=timeout_s / 60)
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    for builder in range(world):
+        if builder == rank:
+            sharded = build_dsl_dit(2)
+        dist.barrier()
+    checked = []
+    for name, param in sharded.named_parameters():
+        if name.startswith(("converter.", "vocab_embed.")):
+            torch.testing.assert_close(param, shard(whole[name], param, tp_rank, 2), rtol=0, atol=0,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+            checked.append(name)
+    assert "converter.mask_weight" in checked and "converter.token_weight" in checked, checked
+    assert whole["converter.mask_weight"].abs().sum() > 0  # the [MASK] row of the embedding, not zeros
+    torch.testing.assert_close(whole["converter.mask_weight"], whole["vocab_embed.weight"][MASK_ID], rtol=0, atol=0)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def test_dsl_dit_at_tp2_initialises_its_converter_without_collectives_as_tp1_does():
+    from dsl_scale.parallel.topology import free_port
+
+    mp.spawn(staggered_worker, args=(2, free_port()), nprocs=2, join=True)

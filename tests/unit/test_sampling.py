@@ -18,7 +18,7 @@ from dsl_scale.sampling.steps import (
 )
 
 MASK = 4
-SAMPLERS = ["mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop"]
+SAMPLERS = ["mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop", "remdm_confidence"]
 F64 = torch.float64
 
 
@@ -69,20 +69,30 @@ def test_gumbel_max_draws_the_categorical():
     torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
 
 
-def test_top_p_keeps_the_smallest_nucleus():
+def test_top_p_rules():
+    """reference (kuleshov-group/remdm, the default): cumulative mass ≤ p, plus the top-1; crossing: the
+    smallest set whose mass reaches p."""
     probs = torch.tensor([0.05, 0.5, 0.3, 0.15], dtype=F64)
-    kept = top_p_filter(probs, 0.75)
-    torch.testing.assert_close(kept, torch.tensor([0.0, 0.5, 0.3, 0.0], dtype=F64) / 0.8)
+    crossing = top_p_filter(probs, 0.75, "crossing")
+    torch.testing.assert_close(crossing, torch.tensor([0.0, 0.5, 0.3, 0.0], dtype=F64) / 0.8)
+    torch.testing.assert_close(top_p_filter(probs, 0.75), torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=F64))
+    torch.testing.assert_close(top_p_filter(probs, 0.8), torch.tensor([0.0, 0.5, 0.3, 0.0], dtype=F64) / 0.8)
+    torch.testing.assert_close(top_p_filter(probs, 0.3), torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=F64))  # top-1
+    issue = torch.tensor([0.6, 0.35, 0.05], dtype=F64)  # the issue's example: the reference keeps only the first
+    torch.testing.assert_close(top_p_filter(issue, 0.9), torch.tensor([1.0, 0.0, 0.0], dtype=F64))
     torch.testing.assert_close(top_p_filter(probs, 1.0), probs)
+    with pytest.raises(ValueError, match="nucleus rule"):
+        top_p_filter(probs, 0.5, "smallest")
 
 
+@pytest.mark.parametrize("rule", ["reference", "crossing"])
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99, 1.0])
-def test_compact_nucleus_equals_top_p_filter(top_p):
+def test_compact_nucleus_equals_top_p_filter(top_p, rule):
     gen = torch.Generator().manual_seed(0)
     logits = torch.cat([torch.randn(3, 3000, generator=gen) * scale for scale in (0.1, 2.0, 8.0)])
     logits[:, MASK] = -1e6
-    dense = top_p_filter(torch.softmax(logits.double(), -1), top_p)
-    for row, (ids, probs) in zip(dense, nucleus_rows(logits, top_p)):
+    dense = top_p_filter(torch.softmax(logits.double(), -1), top_p, rule)
+    for row, (ids, probs) in zip(dense, nucleus_rows(logits, top_p, rule)):
         assert top_p == 1.0 or (probs[:-1] >= probs[1:]).all()
         rebuilt = torch.zeros_like(row).index_put_((ids,), probs)
         torch.testing.assert_close(rebuilt, row, rtol=1e-12, atol=1e-15)
@@ -138,14 +148,16 @@ class CountingDenoiser:
 
 
 def config(name: str) -> SamplerConfig:
-    return SamplerConfig(name=name, eta={"remdm_cap": 0.3, "remdm_rescale": 0.5, "remdm_loop": 0.2}.get(name, 0.0))
+    etas = {"remdm_cap": 0.3, "remdm_rescale": 0.5, "remdm_loop": 0.1, "remdm_confidence": 0.1}
+    return SamplerConfig(name=name, eta=etas.get(name, 0.0))
 
 
 def test_caching_saves_evaluations_and_changes_nothing():
     cached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1)
     uncached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1, cache=False)
     assert torch.equal(cached.tokens, uncached.tokens)
-    assert all(n < 32 for n in cached.nfe) and uncached.nfe == [32, 32, 32]
+    # T = 32 random steps and the noise-removal pass (SPEC §5, as kuleshov-group/remdm): T + 1 forwards uncached
+    assert all(n < 33 for n in cached.nfe) and uncached.nfe == [33, 33, 33]
     assert not (cached.tokens == 5).any(), "the final step unmasks everything"
 
 
@@ -156,7 +168,7 @@ def test_every_sampler_caches_exactly_and_ignores_its_batch(name):
     together, uncached = run([0, 1, 2, 3]), run([0, 1, 2, 3], cache=False)
     assert torch.equal(together.tokens, uncached.tokens)
     assert torch.equal(together.psi, uncached.psi)
-    assert sum(together.nfe) < sum(uncached.nfe) == 4 * 24
+    assert sum(together.nfe) < sum(uncached.nfe) == 4 * 25  # 24 steps + the noise-removal pass
     for i in range(4):
         alone = run([i])
         assert torch.equal(alone.tokens[0], together.tokens[i]) and alone.nfe[0] == together.nfe[i]
