@@ -62,7 +62,9 @@ def collect_rows(e: Experiment, layout: Layout) -> list[dict[str, Any]]:
                    "mean_nfe": sum(nfe) / len(nfe) if nfe else None, "count": r.get("count"),
                    "entropy": _combine([_figure(x, "entropy", "entropy") for x in results])[0],
                    "results_files": [str(f) for f in files], "seeds": list(e.sample.seeds), "ci95": {},
-                   "sanity": {}, "sanity_rows": {}}
+                   "sanity": {}, "sanity_rows": {},
+                   # samples with a non-symbol inside the frame: left out of hmm_nll's mean (read them together)
+                   "hmm_invalid": _combine([_figure(x, "hmm_nll", "invalid") for x in results])[0]}
             for key, field, _ in METRICS:
                 row[key], row["ci95"][key] = _combine([_figure(x, key, field) for x in results])
                 checks = [((x.get("sanity") or {}).get("checks") or {}).get(key) for x in results]
@@ -175,13 +177,15 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
     for key, _, title in METRICS:
         lines += metric_table(e, rows, key, title)
     shown = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows)]
+    invalid = int(any(r["hmm_invalid"] is not None for r in rows))
     lines += [*step_efficiency(e, rows), "", *analysis_table(layout), "## Every figure", "",
-              "| method | T | mean NFE | " + " | ".join(c[1] for c in shown) + " | entropy | samples |",
-              "|---|---|---|" + "---|" * len(shown) + "---|---|"]
+              "| method | T | mean NFE | " + " | ".join(c[1] for c in shown) + " | entropy | samples |"
+              + (" invalid (NLL) |" if invalid else ""), "|---|---|---|" + "---|" * (len(shown) + 2 + invalid)]
     for r in rows:
         lines.append(f"| {r['method']} | {r['T']} | {_fmt(r['mean_nfe'], 1)} | "
                      + "".join(f"{_fmt(r[key], digits)} | " for key, _, digits in shown)
-                     + f"{_fmt(r['entropy'], 3)} | {r['count']} |")
+                     + f"{_fmt(r['entropy'], 3)} | {r['count']} |"
+                     + (f" {_fmt(r['hmm_invalid'], 1)} |" if invalid else ""))
     lines += ["", "## Training runs", "", "| run | steps | last validation loss | tokens/s |", "|---|---|---|---|"]
     for key, label in RUNS:
         run = runs.get(key, {})

@@ -126,10 +126,12 @@ def cell_stages(e: Experiment, layout: Layout, method: Method, steps: int, seed:
     s, v = e.sample, e.eval
     extra = [f"sampler.continuous_steps={hybrid_continuous_steps(e, steps)}"] if method.sampler == "dsl_hybrid" else []
     samples, results = layout.samples(method, steps, seed), layout.results(method, steps, seed)
-    features = [f"featurizer={v.featurizer}", f"feature_batch_size={v.feature_batch_size}",
-                f"cache_dir={layout.root / 'feature_cache'}"]
-    if v.featurizer.startswith("ar"):
-        features.append(f"featurizer_path={layout.run('ar')}")
+    features = []
+    if {"mauve", "frechet"} & set(v.metrics):
+        features = [f"featurizer={v.featurizer}", f"feature_batch_size={v.feature_batch_size}",
+                    f"cache_dir={layout.root / 'feature_cache'}"]
+        if v.featurizer.startswith("ar"):
+            features.append(f"featurizer_path={layout.run('ar')}")
     scorer = [f"scorer={layout.run('ar')}"] if "gen_ppl" in v.metrics else []
     cell = f"{method.label} T={steps} seed={seed}"
     return [

@@ -46,11 +46,11 @@ def test_rules():
 
 
 def test_report_hides_a_table_whose_sanity_failed(tmp_path):
-    e = load_experiment("quick")
+    e = load_experiment("full", ["sample.steps=[4,8]", "sample.seeds=[0,1]", "eval.metrics=[mauve,gen_ppl,entropy]"])
     layout = Layout(tmp_path)
     for i, method in enumerate(e.sample.methods):
         for steps in e.sample.steps:
-            path = layout.results(method, steps)
+            path = layout.results(method, steps, 0)
             path.parent.mkdir(parents=True, exist_ok=True)
             sanity = {"real": {"mauve": {"mauve": 0.3}, "gen_ppl": {"gen_ppl": 4.0}},
                       "shuffled": {"mauve": {"mauve": 0.2}, "gen_ppl": {"gen_ppl": 9.0}}}
@@ -58,9 +58,9 @@ def test_report_hides_a_table_whose_sanity_failed(tmp_path):
             result = {"mean_nfe": steps, "count": 20, "T": steps, "mauve": {"mauve": 0.1 + i / 10},
                       "gen_ppl": {"gen_ppl": 5.0 + i}, "entropy": {"entropy": 2.5}, "sanity": sanity}
             path.write_text(json.dumps(result))
-            if i == 0:  # a second sampling seed of the first method: averaged, intervals enveloped
-                seed = {**result, "gen_ppl": {"gen_ppl": 7.0, "ci95": [6.0, 8.0]}}
-                path.with_name(f"{path.stem}_seed1.json").write_text(json.dumps(seed))
+            # the second sampling seed: the first method's differs (averaged, intervals enveloped)
+            seed = {**result, "gen_ppl": {"gen_ppl": 7.0, "ci95": [6.0, 8.0]}} if i == 0 else result
+            layout.results(method, steps, 1).write_text(json.dumps(seed))
     write_report(e, layout, stages=[], wall_s=1.0, plot=False)
     md = (tmp_path / "results.md").read_text()
     assert "## MAUVE (higher is better) by number of steps T\n\n**sanity failed**" in md

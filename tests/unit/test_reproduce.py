@@ -118,7 +118,8 @@ def fake_result(e, layout, method, steps, seed, mauve: float, sane: bool = True)
 
 
 def test_report_averages_seeds_with_sanity_rows_analyses_and_plot(tmp_path):
-    e = load_experiment("quick", ["eval.metrics=[mauve,gen_ppl,entropy]", "sample.seeds=[0,1]"])
+    e = load_experiment("full", ["eval.metrics=[mauve,gen_ppl,entropy]", "sample.seeds=[0,1]", "sample.steps=[4,8]",
+                                 "sample.num_samples=16"])
     layout = Layout(tmp_path)
     for i, method in enumerate(e.sample.methods):
         for steps in e.sample.steps:
