@@ -47,3 +47,15 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def micro_run(data: Path, run_dir: Path, steps: int, **extra) -> list[str]:
+    """Overrides for a seconds-long `micro` training run (L 64, global batch 4 in micro-batches of 2, no
+    dropout), `extra` replacing or adding `key=value` settings."""
+    base = {
+        "model": "micro", "model.seq_len": 64, "model.dropout": 0.0, "data.path": data, "run_dir": run_dir,
+        "train.steps": steps, "train.global_batch": 4, "train.micro_batch": 2, "train.eval_every": 100,
+        "train.eval_examples": 4, "train.save_every": 100, "train.log_every": 1, "train.ema": 0.0,
+        "optim.lr": 2e-3, "optim.warmup_steps": 2, **extra,
+    }
+    return [f"{k}={v}" for k, v in base.items()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.launching import read_jsonl, run
+from tests.launching import micro_run, read_jsonl, run
 
 pytestmark = pytest.mark.distributed
 
@@ -16,13 +16,7 @@ STEPS = 3
 
 
 def train(data, run_dir, **extra) -> list[dict]:
-    settings = {
-        "model": "micro", "model.seq_len": 64, "model.dropout": 0.0, "data.path": data, "run_dir": run_dir,
-        "train.steps": STEPS, "train.global_batch": 4, "train.micro_batch": 2, "train.eval_every": 100,
-        "train.eval_examples": 4, "train.save_every": 100, "train.log_every": 1, "train.ema": 0.0,
-        "optim.lr": 2e-3, "optim.warmup_steps": 2, "parallel.pp": 2, **extra,
-    }
-    run("torchrun", "pretrain.py", 2, [f"{k}={v}" for k, v in settings.items()])
+    run("torchrun", "pretrain.py", 2, micro_run(data, run_dir, STEPS, **{"parallel.pp": 2, **extra}))
     return read_jsonl(run_dir / "metrics.jsonl")
 
 

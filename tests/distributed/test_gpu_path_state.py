@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.launching import REPO, env, run
+from tests.launching import REPO, env, micro_run, run
 
 pytestmark = pytest.mark.distributed
 
@@ -25,13 +25,8 @@ STEPS = 2
 
 
 def settings(data, run_dir, **extra) -> list[str]:
-    base = {
-        "model": "micro", "model.seq_len": 64, "model.dropout": 0.0, "data.path": data, "run_dir": run_dir,
-        "train.steps": STEPS, "train.global_batch": 4, "train.micro_batch": 2, "train.eval_every": 100,
-        "train.eval_examples": 4, "train.save_every": STEPS, "train.log_every": 1, "train.ema": 0.9,
-        "optim.lr": 2e-3, "optim.warmup_steps": 2, "train.precision": "bf16", **extra,
-    }
-    return [f"{k}={v}" for k, v in base.items()]
+    return micro_run(data, run_dir, STEPS, **{"train.save_every": STEPS, "train.ema": 0.9,
+                                              "train.precision": "bf16", **extra})
 
 
 def convert(src, dst, *args: str) -> None:
