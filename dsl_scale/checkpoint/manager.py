@@ -38,14 +38,14 @@ class Checkpointer:
         embedding. Returns a line for the log."""
         full = load_full_weights(source)
         missing = load_into(model, full, self.topo.tp_rank)
-        if any(name.startswith("converter.") for name in missing):
-            embedding = full.get("vocab_embed.weight")  # the whole table: no collective for the [MASK] row
-            model.init_converter(None if embedding is None else embedding[model.cfg.mask_id])
-        elif hasattr(model, "converter") and dsl_keys is not None and not torch.equal(model.converter.keys, dsl_keys):
-            raise ValueError(f"{source}: its DSL keys differ from objective.key_dim/key_seed")
         unexpected = [m for m in missing if not m.startswith("converter.")]
         if unexpected:
             raise KeyError(f"{source} lacks model tensors: {unexpected[:8]}")
+        if any(name.startswith("converter.") for name in missing):
+            # the source's whole table (so the embedding is there): every TP rank has the [MASK] row
+            model.init_converter(full["vocab_embed.weight"][model.cfg.mask_id])
+        elif hasattr(model, "converter") and dsl_keys is not None and not torch.equal(model.converter.keys, dsl_keys):
+            raise ValueError(f"{source}: its DSL keys differ from objective.key_dim/key_seed")
         params = dict(model.named_parameters())
         owned = [p for n, p in params.items() if n in missing
                  and (self.topo.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]

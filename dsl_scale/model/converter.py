@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import (
     copy_to_tensor_model_parallel_region,
@@ -30,7 +29,6 @@ from megatron.core.tensor_parallel import (
 )
 from torch import nn
 
-from dsl_scale.core.device import collective_device
 from dsl_scale.diffusion.dsl import token_keys
 
 
@@ -74,33 +72,17 @@ class Converter(nn.Module):
         return self
 
     @torch.no_grad()
-    def init_from_embedding(self, embedding_weight_shard: torch.Tensor, mask_id: int,
-                            mask_row: torch.Tensor | None = None) -> None:
-        """W ← the backbone's embedding rows (this rank's shard [V/tp, H]) and its [MASK] row.
-
-        `mask_row` [H]: the [MASK] row of the whole embedding, when the caller has it (every TP rank then
-        initialises alone, with no collective). Without it the row is read from the shard that holds it: at
-        TP > 1 an all-reduce over the TP group that every TP rank must join.
-        """
+    def init_from_embedding(self, embedding_weight_shard: torch.Tensor, mask_row: torch.Tensor) -> None:
+        """W ← the backbone's embedding rows (this rank's shard [V/tp, H]) and the whole table's [MASK] row
+        [H] (at TP > 1 another rank may hold it: the caller, which has the whole table, passes it)."""
         if embedding_weight_shard.shape != self.token_weight.shape:
             raise ValueError(f"embedding shard {tuple(embedding_weight_shard.shape)} does not match the "
                              f"converter's {tuple(self.token_weight.shape)}")
-        if mask_row is not None and mask_row.shape != self.mask_weight.shape:
+        if mask_row.shape != self.mask_weight.shape:
             raise ValueError(f"[MASK] row {tuple(mask_row.shape)} does not match the converter's "
                              f"{tuple(self.mask_weight.shape)}")
         self.token_weight.copy_(embedding_weight_shard)
-        self.mask_weight.copy_(self._mask_row_from_shards(embedding_weight_shard, mask_id)
-                               if mask_row is None else mask_row)
-
-    def _mask_row_from_shards(self, embedding_weight_shard: torch.Tensor, mask_id: int) -> torch.Tensor:
-        row = torch.zeros_like(self.mask_weight)
-        if self.vocab_start <= mask_id < self.vocab_end:
-            row.copy_(embedding_weight_shard[mask_id - self.vocab_start])
-        if self.tp_group is None:
-            return row
-        row = row.to(collective_device(self.tp_group))  # NCCL reduces GPU tensors only
-        dist.all_reduce(row, group=self.tp_group)
-        return row
+        self.mask_weight.copy_(mask_row)
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.tp_group is None else reduce_from_tensor_model_parallel_region(x, self.tp_group)

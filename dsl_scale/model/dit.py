@@ -87,9 +87,11 @@ class DiT(nn.Module):
             if cfg.converter_key_dim:
                 self.converter = Converter(cfg.vocab_size, cfg.hidden, cfg.converter_key_dim,
                                            cfg.converter_key_seed, cfg.converter_beta_init)
-                # with the whole table's [MASK] row, no collective runs here (the model may not be on its
-                # device yet, and not every TP rank need be building it at the same moment)
-                self.init_converter(initial.get("mask_row"))
+                if "mask_row" not in initial:
+                    raise ValueError("the DSL converter's initialisation needs the whole embedding table's [MASK] "
+                                     "row: build the DiT with use_cpu_initialization=True (model/factory.py does)")
+                # no collective here: the model may not be on its device yet, nor every TP rank building it now
+                self.init_converter(initial["mask_row"])
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
         self.blocks = nn.ModuleDict(
             {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
@@ -106,10 +108,9 @@ class DiT(nn.Module):
         rank = parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0
         return tuple(VocabUtility.vocab_range_from_global_vocab_size(self.cfg.vocab_size, rank, tp))
 
-    def init_converter(self, mask_row: torch.Tensor | None = None) -> None:
-        """The converter's W from the token embedding and its [MASK] row: `mask_row`, the whole embedding's
-        row when the caller has it; None reads it from the TP shards (a collective over the TP group)."""
-        self.converter.init_from_embedding(self.vocab_embed.weight.detach(), self.cfg.mask_id, mask_row)
+    def init_converter(self, mask_row: torch.Tensor) -> None:
+        """The converter's W from this rank's token-embedding shard and the whole table's [MASK] row."""
+        self.converter.init_from_embedding(self.vocab_embed.weight.detach(), mask_row)
 
     def set_input_tensor(self, tensor) -> None:
         """Activations received from the previous pipeline stage (megatron's schedule calls this)."""

@@ -47,16 +47,17 @@ def build(tp: int, full_state: dict[str, torch.Tensor] | None):
             g = gen(0)
             for p in model.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-            conv.init_from_embedding(model.vocab_embed.weight, MASK_ID)
+            conv.init_from_embedding(model.vocab_embed.weight, model.vocab_embed.weight[MASK_ID])
             conv.token_bias.copy_(torch.randn(VOCAB, generator=g))
             conv.beta.fill_(1.4)
             conv.out_bias.copy_(torch.randn(HIDDEN, generator=g) * 0.1)
         else:
             for name, p in modules.named_parameters():
                 p.copy_(shard(full_state[name], p, rank, tp))
-            # init_from_embedding at TP = 2 must reproduce the reference's W (the [MASK] row on rank 1)
+            # init_from_embedding at TP = 2 must reproduce the reference's W (the [MASK] row lives on rank 1's
+            # shard; every rank gets it from the whole table)
             mask_weight = conv.mask_weight.clone()
-            conv.init_from_embedding(model.vocab_embed.weight, MASK_ID)
+            conv.init_from_embedding(model.vocab_embed.weight, full_state["dit.vocab_embed.weight"][MASK_ID])
             torch.testing.assert_close(conv.mask_weight, mask_weight, rtol=0, atol=0)
     return modules
 

@@ -70,7 +70,7 @@ def test_initialisation_and_checkpointed_keys():
     vocab, hidden, mask_id = 13, 5, 12
     conv = Converter(vocab, hidden, key_dim=7, key_seed=3, beta_init=0.5)
     embedding = torch.randn(vocab, hidden, generator=gen(0))
-    conv.init_from_embedding(embedding, mask_id)
+    conv.init_from_embedding(embedding, embedding[mask_id])
     assert torch.equal(conv.token_weight, embedding) and torch.equal(conv.mask_weight, embedding[mask_id])
     assert conv.beta.item() == 0.5 and conv.mask_bias.item() == pytest.approx(math.log(vocab))
     assert torch.all(conv.token_bias == 0) and torch.all(conv.out_bias == 0)
@@ -84,13 +84,14 @@ def test_initialisation_and_checkpointed_keys():
     assert conv.keys.dtype == torch.float32 and conv.token_weight.dtype == torch.bfloat16
     assert conv(torch.randn(2, 3, 7)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="embedding shard"):
-        conv.init_from_embedding(torch.zeros(vocab + 1, hidden), mask_id)
+        conv.init_from_embedding(torch.zeros(vocab + 1, hidden), torch.zeros(hidden))
 
 
 def test_output_is_the_probability_weighted_rows_plus_bias_and_gradients_reach_every_parameter():
     vocab, hidden = 9, 6
     conv = Converter(vocab, hidden, key_dim=5, key_seed=1)
-    conv.init_from_embedding(torch.randn(vocab, hidden, generator=gen(0)), vocab - 1)
+    embedding = torch.randn(vocab, hidden, generator=gen(0))
+    conv.init_from_embedding(embedding, embedding[vocab - 1])
     with torch.no_grad():
         conv.token_bias.copy_(torch.randn(vocab, generator=gen(1)))
         conv.out_bias.copy_(torch.randn(hidden, generator=gen(2)))
@@ -113,7 +114,7 @@ def test_mixed_inputs_take_the_table_at_discrete_positions(process_group):
     torch.manual_seed(0)
     model = DiT(cfg)
     conv = Converter(cfg.vocab_size, cfg.hidden, key_dim=8)
-    conv.init_from_embedding(model.vocab_embed.weight.detach(), mask_id=49)
+    conv.init_from_embedding(model.vocab_embed.weight.detach(), model.vocab_embed.weight[49].detach())
     tokens = torch.randint(0, 49, (2, 12), generator=gen(0))
     batch = dsl.corrupt(tokens, conv.keys, dsl.SNRSchedule(mdlm_fraction=0.5), 49, [gen(1), gen(2)])
     embeds = mix_inputs(conv, model.vocab_embed, batch.ids, batch.z, batch.discrete)
@@ -136,7 +137,7 @@ def test_dsl_loss_falls_on_real_text(process_group, wiki_docs):
     torch.manual_seed(0)
     model = DiT(cfg)
     conv = Converter(vocab, cfg.hidden)
-    conv.init_from_embedding(model.vocab_embed.weight.detach(), mask_id)
+    conv.init_from_embedding(model.vocab_embed.weight.detach(), model.vocab_embed.weight[mask_id].detach())
     params = list(model.parameters()) + list(conv.parameters())
     opt = torch.optim.Adam(params, lr=3e-3)
     schedule = dsl.SNRSchedule(mdlm_fraction=0.2)

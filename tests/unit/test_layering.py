@@ -42,3 +42,16 @@ def test_train_is_imported_only_from_entry_points_and_the_experiment():
     users = {file.relative_to(PACKAGE).parts[0].removesuffix(".py")
              for file in PACKAGE.rglob("*.py") if "train" in imported_packages(file)}
     assert users <= allowed, users - allowed
+
+
+def test_the_model_touches_no_process_group_or_deepspeed():
+    """The model knows parallelism only through megatron-core's layer types: no torch.distributed, no
+    DeepSpeed (collectives outside those layers belong to parallel/, checkpoint/ and train/)."""
+    offenders = []
+    for file in sorted((PACKAGE / "model").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{file.name} imports {m}" for m in modules
+                          if m.startswith(("torch.distributed", "deepspeed"))]
+    assert not offenders, offenders
