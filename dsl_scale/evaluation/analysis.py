@@ -11,31 +11,19 @@ import torch
 from dsl_scale.evaluation.calibration import Denoiser, draft_calibration
 from dsl_scale.evaluation.inputs import reference_indices
 from dsl_scale.evaluation.self_correction import self_correction
+from dsl_scale.sampling.denoiser import ModelDenoiser
+from dsl_scale.sampling.visible_channel import VisibleThroughChannel
 
 
-def raw_denoiser(loaded, visible_snr: float = 0.0, seed: int = 0) -> Denoiser:
-    """ids [b, L] (CPU) → raw logits [b, L, V] (CPU, fp32); no SUBS carry-over at visible positions.
+def raw_denoiser(loaded, visible_snr: float = 0.0) -> Denoiser:
+    """ids [b, L] → raw logits [b, L, V] (fp32, on the inputs' device); no SUBS carry-over at visible positions.
 
-    `visible_snr` > 0 (DSL checkpoints only): visible tokens enter through the converter as
-    z = s·K_x + √s·ε (seeded ε), [MASK] positions through the embedding table, as in DSL training."""
-    model, mask_id = loaded.model, loaded.tokenizer.mask_id
-    device = loaded.device
-    converter = getattr(model, "converter", None)
-    if visible_snr > 0 and converter is None:
-        raise ValueError(f"analysis_visible_snr={visible_snr} needs a DSL checkpoint (this one has no converter)")
-    keys = None if converter is None else converter.keys.detach().float().to(device)
-    noise = torch.Generator(device="cpu").manual_seed(seed)
-
-    @torch.no_grad()
-    def denoise(ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.to(device)
-        if visible_snr <= 0:
-            return model(ids).float().cpu()
-        eps = torch.randn(*ids.shape, keys.shape[1], generator=noise, dtype=torch.float32, device="cpu")
-        z = visible_snr * keys[ids] + visible_snr ** 0.5 * eps.to(device)
-        return model(ids, z=z, discrete=ids == mask_id).float().cpu()
-
-    return denoise
+    `visible_snr` > 0 (DSL checkpoints only): the model sees the state exactly as the samplers'
+    `sampler.visible_snr` feeds it (sampling/visible_channel.py), so the analyses judge what sampling uses."""
+    denoise = ModelDenoiser(loaded.model, batch_invariant=False)
+    if visible_snr > 0:
+        denoise = VisibleThroughChannel(denoise, visible_snr, loaded.tokenizer.mask_id)
+    return lambda ids: denoise(ids).float()
 
 
 def held_out_blocks(shard_dir: str, split: str, count: int) -> torch.Tensor:
@@ -64,12 +52,12 @@ def run_analyses(cfg) -> dict[str, Any]:
               "weights": loaded.weights, "visible_snr": cfg.analysis_visible_snr}
     results: dict[str, Any] = {}
     if "calibration" in cfg.metrics:
-        denoise = raw_denoiser(loaded, cfg.analysis_visible_snr, cfg.seed)
+        denoise = raw_denoiser(loaded, cfg.analysis_visible_snr)
         results["calibration"] = {**draft_calibration(
             denoise, blocks, tokenizer.mask_id, cfg.seed, cfg.calibration_mask_low, cfg.calibration_mask_high,
             cfg.calibration_fill, cfg.calibration_bins, cfg.calibration_binning, cfg.analysis_batch_size), **common}
     if "self_correction" in cfg.metrics:
-        denoise = raw_denoiser(loaded, cfg.analysis_visible_snr, cfg.seed)
+        denoise = raw_denoiser(loaded, cfg.analysis_visible_snr)
         results["self_correction"] = {**self_correction(
             denoise, blocks, tokenizer.vocab_size, tokenizer.mask_id, cfg.corruption_rate, cfg.seed,
             cfg.analysis_batch_size, cfg.bootstrap_resamples), **common}

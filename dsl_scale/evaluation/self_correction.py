@@ -9,7 +9,8 @@ sampler), so its logits there were never trained; whatever they predict, its sam
 figures below read raw x_θ for both models to show what each network learnt, not what its sampler does.
 DSL trains every position (cross-entropy over all of them): on the embedding-table path (what the
 discrete samplers feed) it only saw clean tokens and [MASK]; with `visible_snr` > 0 the visible tokens go
-through its converter as noisy observations z = s·K_x + √s·ε, which is where it learnt to doubt its input.
+through its converter as observations at SNR s (z = s·K_x, masked positions z = 0: exactly what
+`sampler.visible_snr` feeds the samplers), which is where it learnt to doubt its input.
 """
 
 from __future__ import annotations
