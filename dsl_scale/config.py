@@ -46,6 +46,11 @@ class ModelConfig(ArchitectureConfig, _Preset):
     """configs/model/NAME.yaml: what a preset changes of these defaults (`tiny` is the defaults)."""
 
     seq_len: int = 128
+    # torch.compile of each block's attention, MLP and residual paths (parallel/compile.py): auto = with CUDA
+    # and ZeRO < 3 (on the CPU it does not pay); true; false. Any: Hydra reads `model.compile=true` as a bool.
+    compile: Any = "auto"
+    # tokens per chunk of the training cross-entropy (parallel/cross_entropy.py): fp32 logits of one chunk only
+    loss_chunk_tokens: int = 4096
 
 
 # --- objectives: one schema per variant; configs/objective/NAME.yaml picks objective_schema/NAME ------------
@@ -212,7 +217,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     resume: bool = True
-    save_final_weights: bool = False  # also write run_dir/final/model.safetensors (unsharded, fp32)
+    save_final_weights: bool = False  # also write run_dir/final/model.safetensors (unsharded fp32 masters)
 
 
 @dataclass
@@ -297,6 +302,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         cfg.objective.validate()
     if cfg.parallel.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"parallel.zero_stage={cfg.parallel.zero_stage} must be 0, 1, 2 or 3")
+    if str(cfg.model.compile).lower() not in ("auto", "true", "false"):
+        raise ValueError(f"model.compile={cfg.model.compile!r} must be auto, true or false")
+    if cfg.model.loss_chunk_tokens < 1:
+        raise ValueError(f"model.loss_chunk_tokens={cfg.model.loss_chunk_tokens} must be at least 1")
     if cfg.model.seq_len < 3:
         raise ValueError(f"model.seq_len={cfg.model.seq_len} must be at least 3 ([BOS] x [EOS])")
     check_parallel_layout(cfg.model, None, cfg.parallel.tp, cfg.parallel.pp, world_size,

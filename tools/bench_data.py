@@ -1,6 +1,7 @@
 """Data-path throughput: tokens/s the readers deliver to one rank, beside what the trainer consumes.
 
     python tools/bench_data.py [--json] [--source wikipedia-sample] [--epochs 2] [--workers 0,1,2]
+                               [--index-blocks 1000000000]
 
 Delivered: the trainer's own data path (`open_splits` + `train_batches`, DP size 1, so the rank gets
 the whole global batch of 16 blocks) serving the steps of `--epochs` epochs after one warm-up step
@@ -15,6 +16,11 @@ tiny 16 = the trainer's global batch, small 2 to keep the run short), after one 
 tokens/s = batch × L / median step time. This is an upper bound for the trainer's consumption (no DeepSpeed,
 no masking, no EMA), so the ratios are conservative. ratio = delivered / consumed by the preset of the
 same L; `ratio_small` = delivered / consumed by `small`. Target (issue 6): ratio_small ≥ 20 everywhere.
+
+Index memory: the peak Python-traced memory (tracemalloc) of computing one rank's block indices for steps
+0, 10^6 and 3·10^7 over a virtual index of `--index-blocks` blocks (default 10^9, about 1 T tokens at
+L = 1024); the block order is evaluated on the fly, where a materialised permutation would take 8 bytes
+per block per epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import statistics
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -66,6 +73,33 @@ def delivered(path: Path, seq_len: int, fmt: str, workers: int, epochs: float) -
     seconds = time.perf_counter() - started
     batches.close()
     return steps * GLOBAL_BATCH * seq_len / seconds
+
+
+class VirtualIndex:
+    """`n` blocks that are never read: GlobalBatches.indices_at only needs the count."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        raise NotImplementedError("a virtual index has no block contents")
+
+
+def index_peak_bytes(n_blocks: int, steps: tuple[int, ...] = (0, 10**6, 3 * 10**7)) -> int:
+    from dsl_scale.data.loader import GlobalBatches
+
+    GlobalBatches(VirtualIndex(2), 1, 0, 1, seed=0).indices_at(0)  # lazy imports on first use: not the index's
+    tracemalloc.start()
+    try:
+        batches = GlobalBatches(VirtualIndex(n_blocks), GLOBAL_BATCH, 0, 1, seed=0)
+        for step in steps:
+            batches.indices_at(step)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def consumed(preset: str, batch: int, repeats: int) -> float:
@@ -110,6 +144,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2")
     parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps per preset")
     parser.add_argument("--train-batch", default="tiny:16,small:2", help="sequences per timed training step")
+    parser.add_argument("--index-blocks", type=int, default=10**9, help="blocks of the virtual index (memory)")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     train_batch = {k: int(v) for k, v in (item.split(":") for item in args.train_batch.split(","))}
@@ -135,8 +170,11 @@ def main() -> None:
     worst = min(r["ratio_small"] for r in rows)
     print(f"lowest delivered / small-consumed: {worst:,.1f} (target >= {TARGET:g}): "
           f"{'met' if worst >= TARGET else 'NOT met'}")
+    index_peak = index_peak_bytes(args.index_blocks)
+    print(f"block order over {args.index_blocks:,} blocks: peak {index_peak / 2**10:,.1f} KiB traced memory "
+          f"(a materialised permutation: {8 * args.index_blocks / 2**30:,.2f} GiB per epoch)")
     if args.json:
-        print(json.dumps({"rows": rows}))
+        print(json.dumps({"rows": rows, "index_blocks": args.index_blocks, "index_peak_bytes": index_peak}))
 
 
 if __name__ == "__main__":

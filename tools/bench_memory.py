@@ -1,13 +1,18 @@
 """Per-rank bytes of parameters, gradients and optimizer state, measured from live DeepSpeed engines,
 beside the ZeRO / tensor-parallel theory.
 
-    python tools/bench_memory.py [--model micro] [--json]
+    python tools/bench_memory.py [--model micro] [--startup-model medium] [--only components|startup] [--json]
 
 Each layout runs as its own `torchrun` job (one training step on random tokens, fp32, AdamW). Theory for
 Ψ parameters on a rank after tensor/pipeline splitting, DP size N: parameters 4Ψ (ZeRO-3: 4Ψ/N),
 gradients 4Ψ (ZeRO-2/3: 4Ψ/N), optimizer 8Ψ for Adam's moments (ZeRO-1+: 12Ψ/N, the moments plus the
 fp32 partition DeepSpeed optimises). ZeRO-3 is measured with a persistence threshold of 0, so every
 parameter is partitioned. Buffers for communication buckets are not counted.
+
+Start-up rows (`pp1`, `pp2`: two ranks, data- or pipeline-parallel, `--startup-model`): the peak resident
+memory of each rank from process start to just before its first step (model built, engine ready), the
+largest over the ranks. A rank builds only its own pipeline stage, so `pp2` should need well under `pp1`
+(issue 19's target: at most 0.6 × for `medium`; the interpreter and libraries, ~0.4 GB, are in both).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ LAYOUTS = [  # (name, ranks, tp, zero)
     ("dp2-zero0", 2, 1, 0), ("dp2-zero1", 2, 1, 1), ("dp2-zero2", 2, 1, 2), ("dp2-zero3", 2, 1, 3),
     ("tp2-zero0", 2, 2, 0),
 ]
+STARTUP_LAYOUTS = [("pp1", 2, 1), ("pp2", 2, 2)]  # (name, ranks, pp)
 
 
 def _storage_bytes(tensors) -> int:
@@ -114,41 +120,104 @@ def worker(model: str, tp: int, zero: int) -> None:
         print("ROW " + json.dumps({"measured": measured, "theory": theory(local_params, topo.dp, zero)}))
 
 
+def startup_worker(model: str, pp: int) -> None:
+    """Build this rank's stage and its engine as training does, then report the peak RSS so far."""
+    import resource
+
+    import torch.distributed as dist
+    from hydra import compose, initialize_config_dir
+
+    from dsl_scale.config import register_configs, to_config
+    from dsl_scale.launch import CONFIG_DIR
+    from dsl_scale.model.factory import build_dit
+    from dsl_scale.parallel import cpu_compat
+    from dsl_scale.parallel.engine import build_engine
+    from dsl_scale.parallel.topology import init_process_groups, prepare_environment
+
+    prepare_environment()
+    register_configs()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = to_config(compose("config", overrides=[
+            f"model={model}", f"parallel.pp={pp}", "train.precision=fp32", "train.micro_batch=1",
+            "train.global_batch=2",
+        ]))
+    cpu_compat.install()
+    topo = init_process_groups(1, pp)
+    model_ = build_dit(cfg.model, 50258, seed=0, pp=pp, stage=topo.pp_rank)
+    build_engine(model_, cfg, topo)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; read before the first step
+    peaks = [None] * topo.world_size
+    dist.all_gather_object(peaks, peak)
+    if topo.rank == 0:
+        print("ROW " + json.dumps({"per_rank": peaks, "params_on_rank0": sum(p.numel() for p in model_.parameters())}))
+
+
+def run_worker(args: list[str], ranks: int, env: dict[str, str]) -> dict:
+    from dsl_scale.parallel.topology import free_port
+
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    out = subprocess.run([torchrun, "--nproc_per_node", str(ranks), "--master_port", str(free_port()), __file__,
+                          *args], env=env, capture_output=True, text=True, check=False)
+    found = [line for line in out.stdout.splitlines() if line.startswith("ROW ")]
+    if out.returncode or not found:
+        raise SystemExit(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(found[0][4:])
+
+
+def startup_rows(model: str, env: dict[str, str]) -> list[dict]:
+    rows = []
+    print(f"\nstart-up, model={model}, fp32: peak RSS per rank from process start to the first step")
+    print(f"{'layout':<12} {'peak RSS (max over ranks)':>26} {'params on rank 0':>17} {'vs pp1':>7}")
+    for name, ranks, pp in STARTUP_LAYOUTS:
+        row = run_worker(["--model", model, "--startup-worker", str(pp)], ranks, env)
+        peak = max(row["per_rank"])
+        ratio = peak / rows[0]["startup_peak_rss_bytes"] if rows else 1.0
+        print(f"{name:<12} {peak:>26,} {row['params_on_rank0']:>17,} {ratio:>7.3f}")
+        rows.append({"layout": name, "model": model, "startup_peak_rss_bytes": peak,
+                     "per_rank_peak_rss_bytes": row["per_rank"], "params_on_rank0": row["params_on_rank0"],
+                     "ratio_to_pp1": ratio})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="micro")
     parser.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
+    parser.add_argument("--startup-model", default="medium", help="the model of the start-up rows")
+    parser.add_argument("--only", choices=("components", "startup"), help="run one of the two tables")
     parser.add_argument("--worker", nargs=2, type=int, metavar=("TP", "ZERO"), help=argparse.SUPPRESS)
+    parser.add_argument("--startup-worker", type=int, metavar="PP", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.model, *args.worker)
         return
+    if args.startup_worker:
+        startup_worker(args.model, args.startup_worker)
+        return
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
     rows = []
-    print(f"model={args.model}, fp32, AdamW; bytes per rank (rank 0), gradient peak over a 2-micro-batch step")
+    if args.only != "startup":
+        rows += component_rows(args.model, env)
+    if args.only != "components":
+        rows += startup_rows(args.startup_model, env)
+    if args.json:
+        print(json.dumps({"rows": rows}))
+
+
+def component_rows(model: str, env: dict[str, str]) -> list[dict]:
+    rows = []
+    print(f"model={model}, fp32, AdamW; bytes per rank (rank 0), gradient peak over a 2-micro-batch step")
     print(f"{'layout':<12} {'component':<10} {'measured':>14} {'theory':>14} {'ratio':>7}")
     for name, ranks, tp, zero in LAYOUTS:
-        from dsl_scale.parallel.topology import free_port
-
-        out = subprocess.run(
-            [torchrun, "--nproc_per_node", str(ranks), "--master_port", str(free_port()), __file__,
-             "--model", args.model, "--worker", str(tp), str(zero)],
-            env=env, capture_output=True, text=True, check=False,
-        )
-        found = [line for line in out.stdout.splitlines() if line.startswith("ROW ")]
-        if out.returncode or not found:
-            raise SystemExit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        row = json.loads(found[0][4:])
+        row = run_worker(["--model", model, "--worker", str(tp), str(zero)], ranks, env)
         for part in ("params", "grads", "optimizer"):
             m, t = row["measured"][part], row["theory"][part]
             print(f"{name:<12} {part:<10} {m:>14,} {t:>14,} {m / t:>7.3f}")
         measured, expected = sum(row["measured"].values()), sum(row["theory"].values())
         print(f"{name:<12} {'total':<10} {measured:>14,} {expected:>14,} {measured / expected:>7.3f}")
-        rows.append({"layout": name, "model": args.model, "measured": measured, "theory": expected,
+        rows.append({"layout": name, "model": model, "measured": measured, "theory": expected,
                      "ratio": measured / expected, "components": row})
-    if args.json:
-        print(json.dumps({"rows": rows}))
+    return rows
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ Steps alternate between the two (after --warmup steps of each), so a drifting ma
 the medians are reported; overhead = ours / plain − 1. Targets (issue 11): MFU ≥ 60 % for small at
 L = 256, ≥ 45 % for tiny at L = 128, overhead ≤ 5 %. When an MFU falls short, a torch.profiler table of
 one plain step's top operators (self CPU time) says where the time goes.
+
+`syncs_per_step`: the host-device syncs of one training step (`train_step` and the per-step stop decision of
+`fit`; the metrics are read once per log interval on top), counted on one extra step after the timed ones.
+On CUDA every synchronizing call counts (torch.cuda.set_sync_debug_mode, DeepSpeed's and torch's included);
+on the CPU, where nothing syncs, the tensor-to-Python reads (.item(), float(), int(), bool(), .tolist(),
+.cpu(), .numpy()) made by dsl_scale's own code, which are syncs on a GPU. `sync_sites` says where they are.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -137,6 +146,67 @@ class PlainLoop:
         return loss.item()
 
 
+class SyncCounter:
+    """Counts host-device syncs inside a `with` block on `device` (see the module docstring): `count`, and
+    `sites` ("file:line" → count)."""
+
+    READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+    PACKAGE = REPO / "dsl_scale"
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.sites: Counter[str] = Counter()
+        self._saved: dict[str, object] = {}
+
+    @property
+    def count(self) -> int:
+        return sum(self.sites.values())
+
+    def __enter__(self) -> SyncCounter:
+        if self.device.type == "cuda":
+            self._caught = warnings.catch_warnings(record=True)
+            self._records = self._caught.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            return self
+        for name in self.READS:
+            self._saved[name] = torch.Tensor.__dict__.get(name)
+            setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+        return self
+
+    def _counting(self, read):
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if Path(caller).is_relative_to(self.PACKAGE):
+                self.sites[f"{Path(caller).relative_to(REPO)}:{sys._getframe(1).f_lineno}"] += 1
+            return read(tensor, *args, **kwargs)
+        return counted
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+            self._caught.__exit__(*exc)
+            for w in self._records:
+                if "synchroniz" in str(w.message):
+                    self.sites[f"{w.filename}:{w.lineno}"] += 1
+            return
+        for name, original in self._saved.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
+
+
+def count_step_syncs(trainer, batches) -> SyncCounter:
+    """One training step and its stop decision, as `fit` runs them, under a SyncCounter."""
+    from dsl_scale.core.device import compute_device
+
+    with SyncCounter(compute_device()) as syncs:
+        trainer.train_step(batches)
+        trainer._stop_flags(False)
+    return syncs
+
+
 _MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"}
 
 
@@ -179,6 +249,8 @@ def bench_shape(preset: str, seq_len: int, batch: int, steps: int, warmup: int, 
             if i >= warmup:
                 ours.append(ours_s)
                 theirs.append(plain_s)
+        trainer.step = warmup + steps
+        syncs = count_step_syncs(trainer, batches)
         step_s, plain_s = statistics.median(ours), statistics.median(theirs)
         row = {
             "model": preset, "seq_len": seq_len, "batch": batch, "tokenizer": tokenizer,
@@ -188,6 +260,7 @@ def bench_shape(preset: str, seq_len: int, batch: int, steps: int, warmup: int, 
             "peak_flops": peak, "mfu": flops_per_step / step_s / peak, "plain_mfu": flops_per_step / plain_s / peak,
             "overhead": step_s / plain_s - 1, "overhead_target": OVERHEAD_TARGET,
             "mfu_target": TARGETS.get((preset, seq_len)), "steps": steps, "threads": torch.get_num_threads(),
+            "syncs_per_step": syncs.count, "sync_sites": dict(syncs.sites),
         }
         short = row["mfu_target"] is not None and row["mfu"] < row["mfu_target"]
         if profile == "always" or (profile == "auto" and short):
@@ -208,12 +281,12 @@ def parse_shapes(text: str) -> list[tuple[str, int, int]]:
 def print_table(rows: list[dict], peak: float) -> None:
     print(f"dense fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({rows[0]['threads'] if rows else '?'} threads)")
     print(f"{'model':<12}{'L':>5}{'batch':>6}{'params':>9}{'tok/s':>9}{'GFLOP/s':>9}{'MFU':>7}{'target':>8}"
-          f"{'plain MFU':>10}{'ours s':>8}{'plain s':>8}{'overhead':>9}")
+          f"{'plain MFU':>10}{'ours s':>8}{'plain s':>8}{'overhead':>9}{'syncs':>6}")
     for r in rows:
         target = f"{r['mfu_target']:.0%}" if r["mfu_target"] else "–"
         print(f"{r['model']:<12}{r['seq_len']:>5}{r['batch']:>6}{r['params'] / 1e6:>8.1f}M{r['tokens_per_s']:>9.0f}"
               f"{r['achieved_flops'] / 1e9:>9.1f}{r['mfu']:>7.1%}{target:>8}{r['plain_mfu']:>10.1%}"
-              f"{r['step_s']:>8.2f}{r['plain_step_s']:>8.2f}{r['overhead']:>+9.1%}")
+              f"{r['step_s']:>8.2f}{r['plain_step_s']:>8.2f}{r['overhead']:>+9.1%}{r['syncs_per_step']:>6}")
     for r in rows:
         if "profile" in r:
             share = r["profile"]["matmul_share"]

@@ -21,11 +21,14 @@ def _tp_gather(param: torch.Tensor, full_like: torch.Tensor) -> torch.Tensor:
     return torch.cat(pieces, dim=dim)
 
 
-def full_state_dict(module: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor] | None:
-    """fp32 copies of every parameter and buffer under their global names; None except on rank 0."""
+def full_state_dict(module: torch.nn.Module, zero_stage: int,
+                    values: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+    """fp32 copies of every parameter and buffer under their global names; None except on rank 0. `values`:
+    name → this rank's whole (TP-sharded) tensor to write instead of the module's, for every parameter (the
+    fp32 master weights under bf16 training: parallel/masters.py)."""
     params = list(module.parameters())
     gathered = contextlib.nullcontext()
-    if zero_stage == 3:
+    if zero_stage == 3 and values is None:
         import deepspeed
 
         gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
@@ -34,7 +37,7 @@ def full_state_dict(module: torch.nn.Module, zero_stage: int) -> dict[str, torch
         for name, tensor in module.state_dict(keep_vars=True).items():
             if not torch.is_tensor(tensor):
                 continue
-            value = tensor.detach()
+            value = (values[name] if values is not None and name in values else tensor).detach()
             if getattr(tensor, "tensor_model_parallel", False) and ps.get_tensor_model_parallel_world_size() > 1:
                 value = _tp_gather(value, tensor)
             local[name] = value.float().clone()

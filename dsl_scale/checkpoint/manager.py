@@ -78,17 +78,21 @@ class Checkpointer:
         return training.save(engine, self.root, step, self.topo, {"step": step, **client_state}, ema_state,
                              self.ema_sharded, self.keep)
 
-    def save_final_weights(self, module: torch.nn.Module) -> Path | None:
-        """run_dir/final/model.safetensors: every tensor unsharded, from any layout (written by rank 0)."""
+    def save_final_weights(self, module: torch.nn.Module, masters: dict[str, torch.Tensor] | None) -> Path | None:
+        """run_dir/final/model.safetensors: every tensor unsharded, in fp32, from any layout (written by rank 0).
+        `masters`: name → the whole fp32 master weight of each parameter of this rank's module under bf16
+        training (parallel/masters.py: full_masters), written instead of its bf16 copy; None in fp32 training."""
         from safetensors.torch import save_file
 
-        state = full_state_dict(module, self.zero_stage)
+        state = full_state_dict(module, self.zero_stage, masters)
         if state is None:
             return None
         out = self.run_dir / "final" / "model.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
+        source = "module weights (fp32 training)" if masters is None else "fp32 master weights (bf16 training)"
         with atomic_path(out) as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                      metadata={"dtype": "float32", "parameters_from": source})
         return out
 
 

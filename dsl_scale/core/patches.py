@@ -51,6 +51,10 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "dsl_scale.parallel.pipeline",
           "partitioned_param_coordinator.assert_ints_same_as_other_ranks checks over the data-parallel "
           "group (the replicas of one pipeline stage) instead of broadcasting over the whole world"),
+    Entry("deepspeed-zero1-bf16-fp32-accumulation", PATCH, "deepspeed", ">=0.19,<0.20", "dsl_scale.parallel.engine",
+          "DeepSpeedEngine._do_optimizer_sanity_check keeps ZeRO-1's DeepSpeedZeroOptimizer (fp32 `grad_accum` "
+          "per parameter) for bf16 with data_types.grad_accum_dtype=fp32, where DeepSpeed would pick "
+          "BF16_Optimizer (a different optimizer-state layout)"),
     Entry("streaming-vision-placeholder", PATCH, "mosaicml-streaming", ">=0.13,<0.14",
           "dsl_scale.data.streaming_compat",
           "an empty `streaming.vision` in sys.modules when torchvision cannot import, so `import streaming` "
@@ -62,6 +66,14 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
     Entry("deepspeed-engine-backward-allreduce", REQUIREMENT, "deepspeed", ">=0.19,<0.20",
           "dsl_scale.parallel.engine",
           "engine.enable_backward_allreduce set to False to skip the no-op gradient all-reduce of one replica"),
+    Entry("deepspeed-bf16-fp32-gradients", REQUIREMENT, "deepspeed", ">=0.19,<0.20", "dsl_scale.parallel.fp32_grads",
+          "bf16 without ZeRO: each bf16 gradient moved into an fp32 buffer, handed to FP16_UnfusedOptimizer's "
+          "fp32 masters (fp16_groups[i][j] ↔ fp32_groups[i][j]) by a step pre-hook on its inner torch optimizer "
+          "(`.optimizer`), and engine.enable_backward_allreduce set to False (the buffer is all-reduced instead)"),
+    Entry("deepspeed-fp32-master-weights", REQUIREMENT, "deepspeed", ">=0.19,<0.20", "dsl_scale.parallel.masters",
+          "the fp32 master weights read for the EMA and the final weights: FP16_UnfusedOptimizer.fp32_groups "
+          "(bf16 ZeRO-0); ZeRO-1/2's single_partition_of_fp32_groups, bit16_groups_flat, bit16_groups, "
+          "real_dp_process_group (a parameter's offset in its flat group); ZeRO-3's safe_get_local_fp32_param"),
 )}
 
 

@@ -1,6 +1,12 @@
-"""Seeds derived from (global seed, step, example index), never from the rank (ARCHITECTURE.md)."""
+"""Seeds derived from (global seed, step, example index), never from the rank (ARCHITECTURE.md).
+
+The training draws (times, masks, SNRs, channel noise) use the same keys through the counter-based generator
+in core/counter_rng.py, which computes them on the device; the host-side generators here serve host-side
+consumers (the model's dropout seeds, evaluation and sampling draws)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,18 +22,16 @@ def generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*keys))
 
 
-def per_example(positions: torch.Tensor, *keys: int) -> torch.Tensor:
-    """One seed per example, `derive_seed(*keys, position)`, as an int64 tensor [len(positions)]."""
-    return torch.tensor([derive_seed(*keys, int(p)) for p in positions], dtype=torch.long, device="cpu")
+def per_example(positions: torch.Tensor | Sequence[int], *keys: int) -> torch.Tensor:
+    """One seed per example, `derive_seed(*keys, position)`, as an int64 tensor [len(positions)] on the host."""
+    if isinstance(positions, torch.Tensor):
+        positions = positions.tolist()
+    return torch.tensor([derive_seed(*keys, p) for p in positions], dtype=torch.long, device="cpu")
 
 
-def uniform(shape: tuple[int, ...], *keys: int) -> torch.Tensor:
-    draws = generator(*keys)
-    return torch.rand(shape, generator=draws, dtype=torch.float64, device=draws.device)
-
-
-# Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw. MDLM's times and
-# masks both come from MASK_STREAM (1, once reserved for times, was never used).
+# Stream names keep the purposes apart: the same (seed, step) never feeds two kinds of draw. The objectives'
+# times, masks, SNRs and noise all come from MASK_STREAM, told apart by counter_rng draw ids (1, once reserved
+# for times, was never used).
 MASK_STREAM = 2
 DROPOUT_STREAM = 3
 EVAL_STREAM = 4

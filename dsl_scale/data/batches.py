@@ -4,17 +4,21 @@ Data-loader workers never change the batches: for MDS, worker w of W builds the 
 start + w, start + w + W, ... (each a pure function of the step, see loader.GlobalBatches) and the
 DataLoader hands them out in step order; for webdataset, each worker reads a share of the rank's
 streams and every step's parts are put back together in stream order. Only the DP rank selects data:
-all TP/PP ranks of one replica get the same batches.
+all TP/PP ranks of one replica get the same batches. Remote MDS shards are downloaded when a step first
+needs them, by the workers that build the batches (or, with no workers, on a background thread one step
+ahead of the trainer), never all at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dsl_scale.data.checks import check_manifest, reader_format
@@ -40,6 +44,8 @@ class MDSParts:
 
     def parts(self, start_step: int, worker: int, num_workers: int) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
         for step in itertools.count(start_step + worker, max(num_workers, 1)):
+            if num_workers == 0:  # built in the training process: fetch the next step's shards meanwhile
+                self.batches.prefetch(step + 1)
             yield step, {0: self.batches.batch_at(step)}
 
 
@@ -112,12 +118,44 @@ def open_splits(data: Any, seq_len: int, vocab_size: int, val_blocks: int) -> tu
         from dsl_scale.data.loader import fetch_manifest
 
         fetch_manifest(data.remote, data.path)
-    check_manifest(data.path, seq_len, data.tokenizer, vocab_size, fmt=fmt, remote=data.remote,
-                   verify_checksums=data.verify_checksums)
+    check_data(data, seq_len, vocab_size, fmt)
     if fmt == "mds":
         return open_shards(data.path, "train", data.remote), open_shards(data.path, "val", data.remote)
     val = WdsSplit(data.path, "val", data.remote)
     return WdsSplit(data.path, "train", data.remote), BlockArray(val.head(val_blocks))
+
+
+def node_share() -> tuple[int, int]:
+    """(this rank's index among the ranks on its host, their number); (0, 1) outside a job."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 0, 1
+    hosts: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    mine = [r for r, host in enumerate(hosts) if host == hosts[dist.get_rank()]]
+    return mine.index(dist.get_rank()), len(mine)
+
+
+def check_data(data: Any, seq_len: int, vocab_size: int, fmt: str) -> None:
+    """`check_manifest` with the shard files shared out among the ranks of each node (so every node checks
+    every file once, whether `data.path` is a shared file system or a copy per node); if any rank finds a
+    fault, every rank raises it (so none is left waiting in a collective for a rank that stopped)."""
+    share = node_share()
+    fault: Exception | None = None
+    try:
+        check_manifest(data.path, seq_len, data.tokenizer, vocab_size, fmt=fmt, remote=data.remote,
+                       verify_checksums=data.verify_checksums, share=share)
+    except (OSError, ValueError) as err:
+        fault = err
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world > 1:
+        faults: list[tuple[str, str] | None] = [None] * world
+        dist.all_gather_object(faults, None if fault is None else (type(fault).__name__, str(fault)))
+        found = next(((r, f) for r, f in enumerate(faults) if f is not None), None)
+        if fault is None and found is not None:
+            at, (kind, message) = found
+            raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(f"{message} (found by rank {at})")
+    if fault is not None:
+        raise fault
 
 
 def train_batches(train: Any, data: Any, global_batch: int, dp_rank: int, dp_size: int, seed: int) -> StepBatches:

@@ -2,7 +2,9 @@
 
 Every error names the file at fault. Shard sizes are always compared with the manifest (this catches
 missing and truncated shards at the cost of a stat per shard); sha256 checksums only on request
-(`verify_checksums`), since hashing reads the whole dataset.
+(`verify_checksums`), since hashing reads the whole dataset. In a job, the ranks of a node share the shard
+files out (`share=(index on the node, ranks on the node)`: each file is checked once per node), so no rank
+stats every shard.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ def reader_format(fmt: str) -> str:
 
 def check_manifest(
     path: str, seq_len: int, tokenizer: str, vocab_size: int, splits: Sequence[str] = SPLITS,
-    fmt: str = "mds", remote: str = "", verify_checksums: bool = False,
+    fmt: str = "mds", remote: str = "", verify_checksums: bool = False, share: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Check a data directory against the run's config and that every shard of format `fmt` is complete.
 
-    With a `remote`, shards are fetched later by the reader, so only the manifest is checked here.
+    The manifest is checked in full; of the shard files only every `share[1]`-th from `share[0]` on, so
+    that a node's ranks together check each file once. With a `remote`, shards are fetched later by the
+    reader, so only the manifest is checked here.
     """
+    first, step = share
+    if not 0 <= first < step:
+        raise ValueError(f"bad check share {share}: want (index, count) with 0 <= index < count")
     manifest = read_manifest(path)
     file = os.path.join(path, MANIFEST_NAME)
     fmt = reader_format(fmt)
@@ -74,7 +81,7 @@ def check_manifest(
         if recorded.get("blocks", 0) == 0:
             raise ValueError(f"{split} split in {os.path.join(path, split)} has 0 blocks; " + prepare_hint(path))
         if "shards" not in manifest:  # version 1: MDS only, shards listed by index.json alone
-            _check_mds_index(path, split, recorded["blocks"], seq_len)
+            _check_mds_index(path, split, recorded["blocks"], seq_len, share)
             continue
         shards = manifest["shards"][fmt].get(split, [])
         if sum(s["samples"] for s in shards) != recorded["blocks"]:
@@ -82,9 +89,9 @@ def check_manifest(
                              f"blocks but the split records {recorded['blocks']}")
         if remote:
             continue
-        if fmt == "mds":
-            _check_mds_index(path, split, recorded["blocks"], seq_len)
-        for shard in shards:
+        if fmt == "mds":  # the index's shard files are the manifest's, whose sizes are checked just below
+            _check_mds_index(path, split, recorded["blocks"], seq_len, share=None)
+        for shard in shards[first::step]:
             check_shard_file(os.path.join(path, shard["file"]), shard, file, verify_checksums)
     return manifest
 
@@ -103,16 +110,18 @@ def _check_size(shard_file: str, expected: int, listed_in: str) -> None:
         raise ValueError(f"shard file {shard_file} is truncated or damaged: {size} bytes, {listed_in} says {expected}")
 
 
-def _check_mds_index(path: str, split: str, blocks: int, seq_len: int) -> None:
+def _check_mds_index(path: str, split: str, blocks: int, seq_len: int, share: tuple[int, int] | None) -> None:
+    """The split's index.json against the manifest; with a `share`, also the sizes of that share of its shards."""
     index_file = os.path.join(path, split, _INDEX_NAME)
     if not os.path.isfile(index_file):
         raise FileNotFoundError(f"shard index {index_file} is missing; {prepare_hint(path)}")
     with open(index_file, encoding="utf-8") as f:
         shards = json.load(f)["shards"]
     samples = 0
-    for shard in shards:
+    for i, shard in enumerate(shards):
         info = shard["raw_data"]
-        _check_size(os.path.join(path, split, info["basename"]), info["bytes"], index_file)
+        if share is not None and i % share[1] == share[0]:
+            _check_size(os.path.join(path, split, info["basename"]), info["bytes"], index_file)
         if shard.get("column_encodings") != [f"ndarray:int32:{seq_len}"]:
             raise ValueError(f"{index_file}: unexpected column encodings {shard.get('column_encodings')}")
         samples += shard["samples"]

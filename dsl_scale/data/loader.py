@@ -1,22 +1,26 @@
 """MDS shards for training: random access to blocks, and deterministic global batches.
 
 Batches are a pure function of (seed, step, global_batch): global sample position c = step * global_batch + j
-lies in epoch e = c // N and picks block perm_e[c % N], perm_e a seeded permutation of the N blocks. DP
+lies in epoch e = c // N and picks block perm_e(c % N), perm_e a seeded permutation of the N blocks. DP
 rank r takes the contiguous slice j in [r * gb / dp, (r + 1) * gb / dp). Resuming at step k is just
-`start_step=k`, and the global batch of a step does not depend on the DP size.
+`start_step=k`, and the global batch of a step does not depend on the DP size. perm_e is evaluated only at
+the positions a step needs (permutation.KeyedPermutation), so a rank's memory does not grow with N.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from dsl_scale.data.checks import SPLITS, check_manifest, read_manifest  # noqa: F401  (this module's API)
+from dsl_scale.data.permutation import KeyedPermutation, epoch_order, epoch_permutation  # noqa: F401  (API)
 from dsl_scale.data.streaming_compat import import_streaming
 from dsl_scale.data.writers import MANIFEST_NAME, TOKENS_COLUMN
 
@@ -31,7 +35,8 @@ class BlockDataset:
     """Random access to the packed blocks of one split (int32 arrays of length seq_len), from MDS shards.
 
     Local shards are read in place. With `remote` (`s3://...`, `gs://...`, or any URL or directory
-    mosaicml-streaming can download from), `path` is the local cache: shards are fetched on first use.
+    mosaicml-streaming can download from), `path` is the local cache: a shard is fetched when a block of
+    it is first read (or asked for by `prefetch`); the processes of a node share the cache.
     """
 
     def __init__(self, path: str, split: str, remote: str = "") -> None:
@@ -41,8 +46,9 @@ class BlockDataset:
         self.manifest = read_manifest(path)
         if split not in self.manifest.get("splits", {}):
             raise ValueError(f"{os.path.join(path, MANIFEST_NAME)} has no {split!r} split")
-        self.path, self.split = path, split
+        self.path, self.split, self.remote = path, split, remote
         self.seq_len: int = self.manifest["seq_len"]
+        self._fetcher: tuple[int, ThreadPoolExecutor] | None = None  # (pid, thread): a forked worker makes its own
         if remote:
             self._ds = streaming.StreamingDataset(remote=remote, local=path, split=split, shuffle=False,
                                                   batch_size=1)
@@ -57,6 +63,18 @@ class BlockDataset:
             raise IndexError(f"block {i} out of range for {len(self)} blocks in {self.path}/{self.split}")
         return self._ds[int(i)][TOKENS_COLUMN]
 
+    def prefetch(self, indices: np.ndarray) -> None:
+        """Start downloading, on a background thread, the remote shards that hold blocks `indices`.
+
+        Local data: nothing to do. A failed download is not reported here: reading the block retries it
+        and raises."""
+        if not self.remote:
+            return
+        if self._fetcher is None or self._fetcher[0] != os.getpid():
+            self._fetcher = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch"))
+        for shard_id in sorted({int(self._ds.spanner[int(i)][0]) for i in indices}):
+            self._fetcher[1].submit(self._ds.prepare_shard, shard_id, False)
+
     def __repr__(self) -> str:
         return f"BlockDataset({self.path!r}, {self.split!r}, blocks={len(self)}, seq_len={self.seq_len})"
 
@@ -66,16 +84,19 @@ def open_shards(path: str, split: str, remote: str = "") -> BlockDataset:
 
 
 def fetch_manifest(remote: str, path: str, timeout: float = 60.0) -> None:
-    """Download `<remote>/manifest.json` into the local cache directory `path`."""
+    """Download `<remote>/manifest.json` into the local cache directory `path`.
+
+    Every rank may call this at once: each downloads under its own name and renames, so no rank ever
+    reads a half-written manifest."""
     import_streaming()
     from streaming.base.storage import CloudDownloader
 
-    CloudDownloader.direct_download(f"{remote.rstrip('/')}/{MANIFEST_NAME}", os.path.join(path, MANIFEST_NAME),
-                                    timeout)
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    final = os.path.join(path, MANIFEST_NAME)
+    if os.path.isfile(final):
+        return
+    mine = f"{final}.{socket.gethostname()}.{os.getpid()}"
+    CloudDownloader.direct_download(f"{remote.rstrip('/')}/{MANIFEST_NAME}", mine, timeout)
+    os.replace(mine, final)
 
 
 class GlobalBatches:
@@ -94,22 +115,31 @@ class GlobalBatches:
         self.global_batch, self.dp_rank, self.dp_size = global_batch, dp_rank, dp_size
         self.local_batch = global_batch // dp_size
         self.seed, self.start_step = seed, start_step
-        self._perms: dict[int, np.ndarray] = {}
+        self._orders: dict[int, KeyedPermutation] = {}  # a few round keys per epoch, never N entries
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:  # a step touches at most a couple of epochs (unless gb > N)
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = epoch_permutation(self.seed, epoch, len(self.dataset))
-        return self._perms[epoch]
+    def _order(self, epoch: int) -> KeyedPermutation:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a step touches at most a couple of epochs (unless gb > N)
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_order(self.seed, epoch, len(self.dataset))
+        return self._orders[epoch]
 
     def indices_at(self, step: int) -> np.ndarray:
         """Dataset indices of this rank's slice of step `step`'s global batch."""
-        n = len(self.dataset)
         first = step * self.global_batch + self.dp_rank * self.local_batch
         positions = np.arange(first, first + self.local_batch, dtype=np.int64)
-        epochs, offsets = positions // n, positions % n
-        return np.array([self._perm(int(e))[o] for e, o in zip(epochs, offsets, strict=True)], dtype=np.int64)
+        epochs, offsets = np.divmod(positions, len(self.dataset))
+        indices = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            indices[here] = self._order(int(epoch))(offsets[here])
+        return indices
+
+    def prefetch(self, step: int) -> None:
+        """Let the dataset start fetching what `step` will read (remote shards), if it fetches at all."""
+        fetch = getattr(self.dataset, "prefetch", None)
+        if fetch is not None:
+            fetch(self.indices_at(step))
 
     def batch_at(self, step: int) -> torch.Tensor:
         """LongTensor [global_batch / dp_size, seq_len] for `step`."""

@@ -2,10 +2,11 @@
 
 A tar shard can only be read front to back, so blocks cannot be drawn by index as with MDS. Instead the
 run has S "streams" (`data.streams`, fixed for the run; S divides the global batch). Stream s reads,
-in epoch e, the shards perm_e[s::S] (perm_e a seeded permutation of the shards), each whole, in a
-seeded within-shard order (the shuffle buffer is the whole shard). Step k's global batch is, stream by
-stream in order, items [k * gb/S, (k + 1) * gb/S) of each stream; DP rank r owns the contiguous streams
-[r * S/dp, (r + 1) * S/dp), and its data-loader workers split those streams.
+in epoch e, the shards perm_e(s), perm_e(s + S), ... (perm_e a seeded permutation of the shards, of the
+kind MDS orders blocks with), each whole, in a seeded within-shard order (the shuffle buffer is the
+whole shard). Step k's global batch is, stream by stream in order, items [k * gb/S, (k + 1) * gb/S) of
+each stream; DP rank r owns the contiguous streams [r * S/dp, (r + 1) * S/dp), and its data-loader
+workers split those streams.
 
 So a stream's position after step k is k * gb/S items, and the manifest's per-shard block counts say
 which shard and offset that is: a restart at step k skips whole shards unread, reads the current one
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from dsl_scale.data.checks import read_manifest
-from dsl_scale.data.loader import epoch_permutation
+from dsl_scale.data.permutation import epoch_order
 from dsl_scale.data.writers import MANIFEST_NAME, WDS_EXTENSION
 
 MAX_AUTO_STREAMS = 16
@@ -105,7 +106,8 @@ def stream_blocks(split: WdsSplit, seed: int, stream: int, n_streams: int, start
     """Stream `stream`'s blocks forever, from its `start`-th on (see the module doc)."""
     epoch, skip = 0, start
     while True:
-        shards = [split.shards[i] for i in epoch_permutation(seed, epoch, len(split.shards))[stream::n_streams]]
+        order = epoch_order(seed, epoch, len(split.shards))  # the shard order, evaluated at this stream's positions
+        shards = [split.shards[i] for i in order(np.arange(stream, len(split.shards), n_streams))]
         total = sum(s.samples for s in shards)
         if skip >= total:  # a whole epoch of this stream lies before `start`: nothing to read
             skip -= total

@@ -15,13 +15,14 @@ Input paths. Each position takes one of two ways into the backbone:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from dsl_scale.config import SNRMixtureConfig
+from dsl_scale.core import counter_rng
 
 
 def token_keys(vocab_size: int, dim: int, seed: int) -> torch.Tensor:
@@ -51,57 +52,60 @@ class SNRSchedule(SNRMixtureConfig):
 # Which branch of the mixture a sequence drew.
 LOGNORMAL, ROAR, MDLM = 0, 1, 2
 
+# The draws made from a sequence's key (core/counter_rng.py). The branches are exclusive per sequence, so the
+# MDLM mask and the ROAR order share one draw of per-position words.
+ROW_DRAW, NUM_CLEAN_DRAW, POSITION_DRAW, LEVEL_DRAW, LOGNORMAL_DRAW, NOISE_DRAW = range(6)
+
 
 @dataclass
 class SNRDraw:
-    snr: torch.Tensor  # [L] float64; inf (clean) or 0 (masked) where discrete
-    discrete: torch.Tensor  # [L] bool: embedding-table path
-    kind: int  # LOGNORMAL, ROAR or MDLM
-    num_clean: int = -1  # ROAR's k; -1 for the other branches
+    """A batch of sequences' SNRs: every branch is drawn for every row, and each row keeps its own."""
+
+    snr: torch.Tensor  # [b, L] float64; inf (clean) or 0 (masked) where discrete
+    discrete: torch.Tensor  # [b, L] bool: embedding-table path
+    kind: torch.Tensor  # [b] LOGNORMAL, ROAR or MDLM
+    num_clean: torch.Tensor  # [b] ROAR's k; -1 for the other branches
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device)
+def roar_snr(seq_len: int, schedule: SNRSchedule, key: counter_rng.Key) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed ROAR: k ~ U{0..L−1}, a random order; its first k positions near s_max, the rest below 1.
+
+    The order ranks the positions by 32-bit words (a stable sort breaks the rare ties by index, the same way on
+    every device). Returns (snr [b, L], k [b])."""
+    k = key.integers(seq_len, (), NUM_CLEAN_DRAW)
+    order = key.bits((seq_len,), POSITION_DRAW)
+    rank = torch.argsort(torch.argsort(order, dim=-1, stable=True), dim=-1, stable=True)
+    clean = rank < k[..., None]
+    level = key.uniform((seq_len,), LEVEL_DRAW).double()  # one level per position: clean or not, never both
+    high = schedule.roar_clean_low * schedule.s_max + (1 - schedule.roar_clean_low) * schedule.s_max * level
+    return torch.where(clean, high, schedule.roar_masked_high * level), k
 
 
-def roar_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Smoothed ROAR: k ~ U{0..L−1}, a random order; its first k positions near s_max, the rest below 1."""
-    k = int(torch.randint(0, seq_len, (), generator=generator, device=generator.device))
-    order = torch.randperm(seq_len, generator=generator, device=generator.device)
-    clean = torch.zeros(seq_len, dtype=torch.bool, device=order.device)
-    clean[order[:k]] = True
-    high = _uniform((seq_len,), schedule.roar_clean_low * schedule.s_max, schedule.s_max, generator)
-    low = _uniform((seq_len,), 0.0, schedule.roar_masked_high, generator)
-    return torch.where(clean, high, low), k
-
-
-def lognormal_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
-    log_s = schedule.lognormal_mean + schedule.lognormal_std * torch.randn(
-        seq_len, generator=generator, dtype=torch.float64, device=generator.device
-    )
+def lognormal_snr(seq_len: int, schedule: SNRSchedule, key: counter_rng.Key) -> torch.Tensor:
+    log_s = schedule.lognormal_mean + schedule.lognormal_std * key.normal((seq_len,), LOGNORMAL_DRAW).double()
     return log_s.exp().clamp(max=schedule.s_clamp)
 
 
-def mdlm_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> torch.Tensor:
-    """Exact MDLM masking: t ~ U[0, 1); each position masked (s = 0) with prob (1 − ε)t, else clean (s = ∞)."""
-    t = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device)
-    u = torch.rand(seq_len, generator=generator, dtype=torch.float64, device=generator.device)
-    masked = u < (1 - schedule.eps) * t
+def mdlm_snr(seq_len: int, schedule: SNRSchedule, key: counter_rng.Key, t: torch.Tensor) -> torch.Tensor:
+    """Exact MDLM masking at times t [b]: each position masked (s = 0) with prob (1 − ε)t, else clean (s = ∞)."""
+    u = key.uniform((seq_len,), POSITION_DRAW).double()
+    masked = u < (1 - schedule.eps) * t[..., None]
     return torch.where(masked, 0.0, math.inf).to(torch.float64)
 
 
-def draw_snr(seq_len: int, schedule: SNRSchedule, generator: torch.Generator) -> SNRDraw:
-    """One sequence's SNRs. The generator is the caller's, seeded from (seed, step, example position)."""
-    u = float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
-    if u < schedule.mdlm_fraction:
-        snr = mdlm_snr(seq_len, schedule, generator)
-        return SNRDraw(snr, torch.ones(seq_len, dtype=torch.bool, device=snr.device), MDLM)
-    continuous = torch.zeros(seq_len, dtype=torch.bool, device=generator.device)
-    # The ROAR/log-normal choice reuses u, rescaled to [0, 1), so a sequence costs one branch draw.
-    if (u - schedule.mdlm_fraction) / (1 - schedule.mdlm_fraction) < schedule.p_roar:
-        snr, k = roar_snr(seq_len, schedule, generator)
-        return SNRDraw(snr, continuous, ROAR, k)
-    return SNRDraw(lognormal_snr(seq_len, schedule, generator), continuous, LOGNORMAL)
+def draw_snr(seq_len: int, schedule: SNRSchedule, key: counter_rng.Key) -> SNRDraw:
+    """The SNRs of one sequence per row of `key` (the caller's, from (seed, step, example position)): a branch
+    u ~ U[0, 1) per sequence picks MDLM below mdlm_fraction, ROAR with probability p_roar of the rest, else
+    log-normal; t ~ U[0, 1) is the exact-MDLM time."""
+    row = key.uniform((2,), ROW_DRAW).double()
+    branch, t = row[..., 0], row[..., 1]
+    roar_below = schedule.mdlm_fraction + (1 - schedule.mdlm_fraction) * schedule.p_roar
+    kind = torch.where(branch < schedule.mdlm_fraction, MDLM, torch.where(branch < roar_below, ROAR, LOGNORMAL))
+    roar, k = roar_snr(seq_len, schedule, key)
+    snr = torch.where((kind == ROAR)[..., None], roar, lognormal_snr(seq_len, schedule, key))
+    snr = torch.where((kind == MDLM)[..., None], mdlm_snr(seq_len, schedule, key, t), snr)
+    discrete = (kind == MDLM)[..., None].expand(snr.shape).contiguous()
+    return SNRDraw(snr, discrete, kind, torch.where(kind == ROAR, k, -1))
 
 
 def localize(keys: torch.Tensor, tokens: torch.Tensor, snr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -130,19 +134,20 @@ class Corrupted:
 
 
 def corrupt(tokens: torch.Tensor, keys: torch.Tensor, schedule: SNRSchedule, mask_id: int,
-            generators: list[torch.Generator]) -> Corrupted:
-    """Draw SNRs and channel noise for each sequence of `tokens` [b, L] from its own generator."""
-    if len(generators) != tokens.shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {tokens.shape[0]} sequences")
+            words: Sequence[int | torch.Tensor] | torch.Tensor) -> Corrupted:
+    """Draw SNRs and channel noise for each sequence of `tokens` [b, L] on its device, from the counter-based key
+    of `words` (core/counter_rng.py): ints shared by the batch and at least one integer tensor [b] that tells
+    the sequences apart (e.g. (seed, stream, step, positions in the global batch)). A sequence's draws depend
+    on its own words only, never on its neighbours in the batch."""
+    key = counter_rng.key(words, tokens.device)
+    if key.batch_shape != tokens.shape[:1]:
+        raise ValueError(f"corrupt needs key words with one entry per sequence (a tensor of shape "
+                         f"{tuple(tokens.shape[:1])}); they give keys of shape {key.batch_shape}")
     seq_len, dim = tokens.shape[1], keys.shape[1]
-    draws = [draw_snr(seq_len, schedule, g) for g in generators]
-    noise = torch.stack([torch.randn(seq_len, dim, generator=g, dtype=torch.float64, device=g.device)
-                         for g in generators])
-    snr = torch.stack([d.snr for d in draws]).to(tokens.device)
-    discrete = torch.stack([d.discrete for d in draws]).to(tokens.device)
-    z = localize(keys, tokens, snr, noise.to(tokens.device))
-    return Corrupted(z, snr, discrete, discrete_ids(tokens, snr, mask_id),
-                     torch.tensor([d.kind for d in draws], device="cpu"))
+    draw = draw_snr(seq_len, schedule, key)
+    noise = key.normal((seq_len, dim), NOISE_DRAW)
+    z = localize(keys, tokens, draw.snr, noise)
+    return Corrupted(z, draw.snr, draw.discrete, discrete_ids(tokens, draw.snr, mask_id), draw.kind)
 
 
 def dsl_loss(nll: torch.Tensor) -> torch.Tensor:

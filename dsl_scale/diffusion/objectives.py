@@ -1,19 +1,36 @@
-"""Training objectives as two halves: `prepare` (clean batch → model inputs, with every random draw
-seeded from (seed, step, position in the global batch), so the numbers do not depend on the DP size)
-and `loss` (logits → scalar). The halves meet on different pipeline stages when PP > 1.
+"""Training objectives as two halves: `prepare` (clean batch → model inputs, with every random draw a pure
+function of (seed, stream, step, position in the global batch), so the numbers do not depend on the DP size and
+a resumed run redraws them exactly) and `loss` (logits → scalar). The halves meet on different pipeline stages
+when PP > 1.
+`loss(logits, batch, nll_fn, vocab_start)`: `nll_fn(logits, targets, suppressed)` gives per-token NLLs of this
+rank's vocab-parallel logits with local column `suppressed` (the [MASK] id − `vocab_start`) held at SUBS's −∞
+(DiT.token_nll, or the trainer's chunked parallel/cross_entropy.py); the logits are left unmodified.
 
-`prepare` draws on the host (seeded CPU generators, `positions` host-side) and returns a batch on the device of
-`tokens`: the trainer hands it tokens on its compute device, so every mask, time, SNR and noise tensor the model
-and the loss read is there too (on the CPU the moves are no-ops and the numbers are unchanged)."""
+`prepare` draws with the counter-based generator (core/counter_rng.py) directly on the device of `tokens`, a
+fixed batch of vectorised kernels per micro-batch: no host loop over examples and no host-device sync. The
+trainer hands it tokens on its compute device, so every mask, time, SNR and noise tensor the model and the loss
+read is there."""
 
 from __future__ import annotations
 
 import torch
 
-from dsl_scale.core import seeding
+from dsl_scale.core import counter_rng
 from dsl_scale.core.batch import Prepared
 from dsl_scale.diffusion import dsl, mdlm
-from dsl_scale.diffusion.schedules import antithetic_times, log_linear_sigma
+from dsl_scale.diffusion.schedules import antithetic_times_at, log_linear_sigma
+
+# MDLM's draws from a step's key (seed, stream, step) and from a sequence's key (… , position).
+TIME_DRAW, MASK_DRAW = 0, 1
+
+
+def positions_on(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The examples' positions in the global batch, on the tokens' device (an asynchronous host-to-device copy:
+    a blocking one would wait for the device's queue)."""
+    if positions.shape != tokens.shape[:1] or positions.is_floating_point():
+        raise ValueError(f"positions must be integers of shape {tuple(tokens.shape[:1])} (one per sequence), got "
+                         f"{positions.dtype} of shape {tuple(positions.shape)}")
+    return positions.to(tokens.device, non_blocking=True)
 
 
 class MDLMObjective:
@@ -24,20 +41,18 @@ class MDLMObjective:
 
     def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
                 stream: int) -> Prepared:
-        """Antithetic times over the `batch_size` examples sharing `key` (a step), per-example mask noise."""
-        positions = positions.cpu()
-        u = float(seeding.uniform((), self.seed, stream, key))
-        t = antithetic_times(batch_size, u, self.eps)[positions].to(tokens.device)
-        noise = torch.stack(
-            [seeding.uniform((tokens.shape[1],), self.seed, stream, key, int(p)) for p in positions]
-        ).to(tokens.device)
+        """Antithetic times over the `batch_size` examples sharing `key` (a step), one offset per step; per-example
+        mask noise keyed by the example's position."""
+        device, positions = tokens.device, positions_on(tokens, positions)
+        u = counter_rng.key((self.seed, stream, key), device).uniform((), TIME_DRAW)
+        t = antithetic_times_at(positions, batch_size, u, self.eps)
+        noise = counter_rng.key((self.seed, stream, key, positions), device).uniform(tokens.shape[1:], MASK_DRAW)
         z, masked = mdlm.mask_tokens(tokens, t, noise, self.mask_id, self.eps)
         sigma = log_linear_sigma(t, self.eps).float()
         return Prepared(z, tokens, sigma, {"masked": masked, "t": t})
 
     def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
-        mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
-        nll = nll_fn(logits, batch.targets)
+        nll = nll_fn(logits, batch.targets, self.mask_id - vocab_start)
         return mdlm.mdlm_loss(nll, batch.extras["masked"], batch.extras["t"].to(nll.device), self.eps)
 
 
@@ -52,8 +67,7 @@ class AutoregressiveObjective:
         return Prepared(tokens[:, :-1], tokens[:, 1:])
 
     def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
-        mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
-        return nll_fn(logits, batch.targets).mean()
+        return nll_fn(logits, batch.targets, self.mask_id - vocab_start).mean()
 
 
 class DSLObjective:
@@ -74,13 +88,12 @@ class DSLObjective:
 
     def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
                 stream: int) -> Prepared:
-        generators = [seeding.generator(self.seed, stream, key, int(p)) for p in positions]
-        c = dsl.corrupt(tokens, self.keys_on(tokens.device), self.schedule, self.mask_id, generators)
+        words = (self.seed, stream, key, positions_on(tokens, positions))
+        c = dsl.corrupt(tokens, self.keys_on(tokens.device), self.schedule, self.mask_id, words)
         return Prepared(c.ids, tokens, None, {"snr": c.snr}, {"z": c.z, "discrete": c.discrete})
 
     def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
-        mdlm.suppress_mask_logit_(logits, self.mask_id, vocab_start)
-        return dsl.dsl_loss(nll_fn(logits, batch.targets))
+        return dsl.dsl_loss(nll_fn(logits, batch.targets, self.mask_id - vocab_start))
 
 
 def build_objective(objective, mask_id: int, vocab_size: int, seed: int):

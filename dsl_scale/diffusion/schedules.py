@@ -18,7 +18,17 @@ def log_linear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return -torch.log(log_linear_alpha(t, eps))
 
 
-def antithetic_times(n: int, u: float, eps: float = 1e-3, dtype=torch.float64) -> torch.Tensor:
+def antithetic_times(n: int, u: float | torch.Tensor, eps: float = 1e-3, dtype=torch.float64) -> torch.Tensor:
     """t_i = ((u + i)/n mod 1)·(1 − ε) + ε for i < n: evenly spread times with one random offset u."""
-    i = torch.arange(n, dtype=dtype, device="cpu")
-    return torch.remainder((u + i) / n, 1.0) * (1 - eps) + eps
+    return antithetic_times_at(torch.arange(n, device="cpu"), n, u, eps, dtype)
+
+
+def antithetic_times_at(positions: torch.Tensor, n: int, u: float | torch.Tensor, eps: float = 1e-3,
+                        dtype=torch.float64) -> torch.Tensor:
+    """The antithetic times of the given `positions` (ints in [0, n)) of a batch of n, on their device: what
+    `antithetic_times(n, u, eps)[positions]` holds, without materialising the other n − len(positions)."""
+    if n <= 0:
+        raise ValueError(f"antithetic times need a batch of at least one example, got n = {n}")
+    if isinstance(u, torch.Tensor):
+        u = u.to(dtype)
+    return torch.remainder((u + positions.to(dtype)) / n, 1.0) * (1 - eps) + eps

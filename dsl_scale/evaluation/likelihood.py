@@ -2,7 +2,8 @@
 
 The times and masks are the trainer's validation draws (seed, key 0, EVAL_STREAM, example index), so
 `nelbo_examples=train.eval_examples seed=train.seed weights=model` reproduces the run's val_loss.
-The model runs on the compute device in fp32 (a reported bound); the draws stay on their CPU generators.
+The model runs on the compute device in fp32 (a reported bound); the objectives draw there too (core/counter_rng.py),
+the DSL bound's channel noise comes from a CPU generator.
 """
 
 from __future__ import annotations

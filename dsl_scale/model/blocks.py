@@ -74,17 +74,29 @@ class DiTBlock(nn.Module):
         if seeds is not None and self.training and self.dropout > 0:
             shard = (parallel_state.get_tensor_model_parallel_rank(),
                      parallel_state.get_tensor_model_parallel_world_size()) if self.sequence_parallel else (0, 1)
-            dropped = seeded_dropout(branch, self.dropout, [mix_seed(s, site) for s in seeds], shard)
-        else:
-            dropped = F.dropout(branch, p=self.dropout, training=self.training)
-        return skip + gate * dropped
+            keep = seeded_keep_scale(branch, self.dropout, [mix_seed(s, site) for s in seeds], shard)
+            return self.dropped_residual(skip, gate, branch, keep)
+        if self.training and self.dropout > 0:
+            return self.gated_residual(skip, gate, F.dropout(branch, p=self.dropout))
+        return self.gated_residual(skip, gate, branch)
+
+    @staticmethod
+    def gated_residual(skip: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """skip + gate · branch, one kernel."""
+        return torch.addcmul(skip, gate, branch)
+
+    @staticmethod
+    def dropped_residual(skip: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor,
+                         keep: torch.Tensor) -> torch.Tensor:
+        """skip + gate · (branch · keep), keep the dropout mask already scaled by 1 / (1 − p): two kernels."""
+        return torch.addcmul(skip, gate, branch * keep)
 
     def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         qkv, _ = self.attn_qkv(x)  # the whole sequence, also when x is a sequence-parallel shard
         seq, batch, _ = qkv.shape
         qkv = qkv.view(seq, batch, self.local_heads, 3, self.head_dim)
-        q, k, v = qkv.unbind(dim=3)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(qkv[:, :, :, :2], cos, sin).unbind(dim=3)  # q and k rotated together
+        v = qkv[:, :, :, 2]
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -98,19 +110,23 @@ class DiTBlock(nn.Module):
         out, _ = self.mlp_fc2(h)
         return out
 
+    def attention_branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor) -> torch.Tensor:
+        return self.attention(modulate(self.norm1(x), shift, scale), cos, sin)
+
+    def mlp_branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.mlp(modulate(self.norm2(x), shift, scale))
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 dropout_seeds: list[int] | None = None):
-        """x: [s, b, H]; cond: [b, C]. `dropout_seeds` (one per row, this block's): seeded dropout masks
-        (see `seeded_dropout`); without them, F.dropout from the global generator."""
+        """x: [s, b, H]; cond: [b, C]; cos, sin: Rotary.cos_sin's. `dropout_seeds` (one per row, this block's):
+        seeded dropout masks (see `seeded_dropout`); without them, F.dropout from the global generator.
+        The branches and residuals are methods so that parallel/compile.py can compile them (the seeded
+        masks stay eager: their per-row generators are host-side Python)."""
         mods = self.adaLN_modulation(cond)[None].chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        x = self._residual(
-            self.attention(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin), gate_msa, x,
-            dropout_seeds, 0,
-        )
-        x = self._residual(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp, x,
-                           dropout_seeds, 1)
-        return x
+        x = self._residual(self.attention_branch(x, shift_msa, scale_msa, cos, sin), gate_msa, x, dropout_seeds, 0)
+        return self._residual(self.mlp_branch(x, shift_mlp, scale_mlp), gate_mlp, x, dropout_seeds, 1)
 
 
 _MASK64 = (1 << 64) - 1
@@ -125,11 +141,11 @@ def mix_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
-def seeded_dropout(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """Dropout of x [s, b, H] whose row b keeps each element where U ≥ p, U drawn as [s · shards, H] from a
-    generator seeded with seeds[b] (the `shard`th of `shards` equal parts of the sequence under sequence
-    parallelism), scaled by 1 / (1 − p) like F.dropout. The mask is a pure function of the row's seed: the
-    same in any batch, micro-batch, layout or activation recomputation."""
+def seeded_keep_scale(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """The dropout multiplier for x [s, b, H]: row b is 1 / (1 − p) where U ≥ p, else 0, U drawn as
+    [s · shards, H] from a generator seeded with seeds[b] (the `shard`th of `shards` equal parts of the sequence
+    under sequence parallelism). A pure function of the row's seed: the same in any batch, micro-batch, layout
+    or activation recomputation. In x's dtype, [s, b, H]."""
     rank, shards = shard
     seq, batch, hidden = x.shape
     if len(seeds) != batch:
@@ -140,7 +156,12 @@ def seeded_dropout(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int
         u = torch.rand(seq * shards, hidden, generator=generator, device=x.device)
         keep.append(u[rank * seq:(rank + 1) * seq] >= p)
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    return x * (torch.stack(keep, dim=1).to(x.dtype) * scale)
+    return torch.stack(keep, dim=1).to(x.dtype) * scale
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Dropout of x [s, b, H] with `seeded_keep_scale`'s mask, scaled like F.dropout."""
+    return x * seeded_keep_scale(x, p, seeds, shard)
 
 
 def mark_sequence_parallel(*modules: nn.Module) -> None:

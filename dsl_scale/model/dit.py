@@ -10,6 +10,7 @@ vector (zero-padded to H), which every stage's adaLN needs and whose gradient mu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from megatron.core.tensor_parallel.utils import VocabUtility
 from torch import nn
 
 from dsl_scale.config import ArchitectureConfig, check_parallel_layout
+from dsl_scale.diffusion import mdlm
+from dsl_scale.model import init as model_init
 from dsl_scale.model.blocks import DiTBlock, FinalLayer, mix_seed
 from dsl_scale.model.converter import Converter, mix_inputs
 from dsl_scale.model.layers import NoiseEmbedder, Rotary
@@ -59,47 +62,56 @@ def default_embedding_init(weight: torch.Tensor) -> None:
 
 
 class DiT(nn.Module):
-    def __init__(self, cfg: DiTConfig, mp_config: ModelParallelConfig | None = None, stage: int = 0):
+    def __init__(self, cfg: DiTConfig, mp_config: ModelParallelConfig | None = None, stage: int = 0,
+                 seed: int = 0, whole: model_init.Whole = model_init.as_is):
+        """Pipeline stage `stage` of the network (all of it at PP = 1), this rank's tensor-parallel shards only,
+        initialised from `seed` identically at every layout (model/init.py: no other stage is built, no
+        rank draws the whole of a sharded weight). `whole`: how to make parameters whole while they are
+        initialised, when something (ZeRO-3's zero.Init) partitions them as they are created."""
         super().__init__()
         mp_config = mp_config or ModelParallelConfig(use_cpu_initialization=True)
-        pp = mp_config.pipeline_model_parallel_size
-        cfg.validate(mp_config.tensor_model_parallel_size, pp)
+        tp, pp = mp_config.tensor_model_parallel_size, mp_config.pipeline_model_parallel_size
+        cfg.validate(tp, pp)
         self.cfg = cfg
         self.config = mp_config  # megatron's pipeline schedules look for `.config`
+        # megatron's own initialisation builds each sharded weight whole on every TP rank: model/init.py draws
+        layers_config = dataclasses.replace(mp_config, perform_initialization=False)
         self.pre_process = stage == 0
         self.post_process = stage == pp - 1
         per_stage = cfg.n_blocks // pp
         self.block_ids = range(stage * per_stage, (stage + 1) * per_stage)
         self.input_tensor: torch.Tensor | None = None
         if self.pre_process:
-            initial: dict[str, torch.Tensor] = {}
-
-            def embedding_init(weight: torch.Tensor) -> None:
-                default_embedding_init(weight)
-                if weight.shape[0] == cfg.vocab_size and 0 <= cfg.mask_id < cfg.vocab_size:
-                    # megatron's CPU initialisation draws the whole table on every TP rank, then keeps a shard
-                    initial["mask_row"] = weight[cfg.mask_id].clone()
-
             self.vocab_embed = VocabParallelEmbedding(
-                cfg.vocab_size, cfg.hidden, init_method=embedding_init, config=mp_config
+                cfg.vocab_size, cfg.hidden, init_method=default_embedding_init, config=layers_config
             )
             self.sigma_map = NoiseEmbedder(cfg.cond_dim)
             if cfg.converter_key_dim:
+                if not 0 <= cfg.mask_id < cfg.vocab_size:
+                    raise ValueError(f"mask_id={cfg.mask_id} is outside the vocabulary [0, {cfg.vocab_size}): "
+                                     "the DSL converter starts from the embedding's [MASK] row")
                 self.converter = Converter(cfg.vocab_size, cfg.hidden, cfg.converter_key_dim,
                                            cfg.converter_key_seed, cfg.converter_beta_init)
-                if "mask_row" not in initial:
-                    raise ValueError("the DSL converter's initialisation needs the whole embedding table's [MASK] "
-                                     "row: build the DiT with use_cpu_initialization=True (model/factory.py does)")
-                # no collective here: the model may not be on its device yet, nor every TP rank building it now
-                self.init_converter(initial["mask_row"])
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
         self.blocks = nn.ModuleDict(
             {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
-                              mp_config)
+                              layers_config)
              for i in self.block_ids}
         )
         if self.post_process:
-            self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim, mp_config)
+            self.output_layer = FinalLayer(cfg.hidden, cfg.vocab_size, cfg.cond_dim, layers_config)
+        self.initialize(seed, whole)
+
+    @torch.no_grad()
+    def initialize(self, seed: int, whole: model_init.Whole = model_init.as_is) -> None:
+        """Every parameter from `seed` (model/init.py). The DSL converter starts from the embedding: this
+        rank's rows and the whole table's [MASK] row, drawn here rather than gathered (no collective: the
+        model may not be on its device yet, nor every TP rank building it now)."""
+        model_init.initialize(self, seed, self.config.tensor_model_parallel_size, whole)
+        if hasattr(self, "converter"):
+            mask_row = model_init.embedding_rows(seed, self.cfg.vocab_size, self.cfg.hidden, self.cfg.mask_id)[0]
+            with whole([self.vocab_embed.weight, self.converter.token_weight, self.converter.mask_weight]):
+                self.init_converter(mask_row)
 
     @property
     def vocab_range(self) -> tuple[int, int]:
@@ -168,9 +180,16 @@ class DiT(nn.Module):
         return torch.cat([x, cond_row], dim=0)
 
     @staticmethod
-    def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token −log softmax(logits)[target] without gathering vocab-parallel logits. [b, s]."""
-        return vocab_parallel_cross_entropy(logits.float(), targets)
+    def token_nll(logits: torch.Tensor, targets: torch.Tensor, suppressed: int | None = None) -> torch.Tensor:
+        """Per-token −log softmax(logits)[target] without gathering vocab-parallel logits. [b, s]. Local column
+        `suppressed` (if in this shard) is held at SUBS's −∞ first. The whole-batch fp32 reference: training
+        uses parallel/cross_entropy.py's chunked equivalent."""
+        logits = logits.float()
+        if suppressed is not None and 0 <= suppressed < logits.shape[-1]:
+            column = torch.tensor([suppressed], device=logits.device)
+            logits = logits.index_fill(-1, column, mdlm.NEG_INF)
+        return vocab_parallel_cross_entropy(logits, targets)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """This rank's (TP shards, not ZeRO-3 partitions: DeepSpeed's `ds_numel` while it partitions)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())

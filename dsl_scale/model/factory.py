@@ -1,4 +1,5 @@
-"""Building the DiT from the run config: same seed on every rank, so every layout starts identical."""
+"""Building the DiT from the run config: each rank builds its own stage and shards only, initialised from the
+run's seed identically at every layout (model/init.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from megatron.core.transformer import TransformerConfig
 
 from dsl_scale.config import ArchitectureConfig, ModelConfig, ObjectiveSchema
 from dsl_scale.model.dit import DiT, DiTConfig
+from dsl_scale.model.init import Whole, as_is
 
 
 def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
@@ -30,11 +32,15 @@ def dit_config(model: ModelConfig, vocab_size: int, causal: bool = False,
 def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = False, tp: int = 1,
               pp: int = 1, stage: int = 0, objective: ObjectiveSchema | None = None,
               mask_id: int | None = None, sequence_parallel: bool = False,
-              activation_dtype: torch.dtype = torch.float32) -> DiT:
-    """Pipeline stage `stage` of the DiT. Every stage builds the whole network's parameters in the same
-    order from the same seed and keeps its own part, so a layout never changes the initial weights.
-    Parameters are built in fp32 (DeepSpeed casts them for bf16 training); `activation_dtype` is the dtype the
-    stages exchange between them (the training precision: the receiving buffers are allocated in it)."""
+              activation_dtype: torch.dtype = torch.float32, whole: Whole = as_is) -> DiT:
+    """Pipeline stage `stage` of the DiT, this rank's tensor-parallel shards only: no rank builds another stage,
+    and each parameter's values depend on (seed, its global name) only, so a layout never changes the initial
+    weights (model/init.py). Parameters are built in fp32 (DeepSpeed casts them for bf16 training; zero.Init
+    creates them in the training dtype);
+    `activation_dtype` is the dtype the stages exchange between them (the training precision: the receiving
+    buffers are allocated in it). `whole`: see DiT (ZeRO-3 builds inside deepspeed.zero.Init)."""
+    if not 0 <= stage < pp:
+        raise ValueError(f"pipeline stage {stage} does not exist at parallel.pp={pp}")
     cfg = dit_config(model, vocab_size, causal, objective, mask_id)
     # TransformerConfig rather than its base ModelParallelConfig: megatron's pipeline schedules read
     # transformer fields (hidden_size for the p2p buffers, among others).
@@ -43,8 +49,7 @@ def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = Fal
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, use_cpu_initialization=True,
         params_dtype=torch.float32, pipeline_dtype=activation_dtype, sequence_parallel=sequence_parallel,
     )
+    dit = DiT(cfg, mp_config, stage=stage, seed=seed, whole=whole)
+    # the global generator in the same state on every rank and stage, whatever each stage's modules drew
     torch.manual_seed(seed)
-    if pp == 1:
-        return DiT(cfg, mp_config)
-    stages = [DiT(cfg, mp_config, stage=s) for s in range(pp)]  # same draws as one DiT, in the same order
-    return stages[stage]
+    return dit

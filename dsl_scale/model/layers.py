@@ -35,10 +35,17 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=True)
 
     def cos_sin(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and the signed sin of `apply_rotary`, [seq_len, head_dim] each."""
         positions = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(positions, self.inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos(), angles.sin()
+        return angles.cos(), signed_sin(angles.sin())
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) · sin == roll(x, d/2) · signed_sin(sin)."""
+    first, second = sin.chunk(2, dim=-1)
+    return torch.cat((-first, second), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -47,10 +54,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [s, b, heads, head_dim]; cos/sin: [s, head_dim]."""
-    cos = cos[:, None, None, :].to(x.dtype)
-    sin = sin[:, None, None, :].to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    """x · cos + rotate_half(x) · sin in three kernels (roll, mul, addcmul; one under torch.compile), with `sin`
+    from `signed_sin`. x: [s, b, ..., head_dim] (q and k together: [s, b, heads, 2, head_dim]); cos/sin:
+    [s, head_dim]."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    cos, sin = cos.view(shape).to(x.dtype), sin.view(shape).to(x.dtype)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 def timestep_features(sigma: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,13 +26,15 @@ def activation_dtype(precision: str) -> torch.dtype:
 
 
 def deepspeed_clips(cfg: Config) -> bool:
-    """ZeRO and bf16 optimizers clip with the norm they report; DeepSpeed's plain fp32 path computes a norm it
-    does not keep, so there `step` computes the norm once and clips itself."""
-    return cfg.parallel.zero_stage > 0 or resolved_precision(cfg.train.precision) != "fp32"
+    """ZeRO optimizers clip with the norm they report. Without ZeRO, `step` computes the norm once and clips
+    itself: DeepSpeed's plain fp32 path computes a norm it does not keep, and under bf16 the gradients are
+    dsl_scale's fp32 accumulators (parallel/fp32_grads.py), which DeepSpeed's bf16 wrapper does not see."""
+    return cfg.parallel.zero_stage > 0
 
 
 def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
-    t, o = cfg.train, cfg.optim
+    t = cfg.train
+    bf16 = resolved_precision(t.precision) == "bf16"
     accumulation = t.global_batch // (t.micro_batch * topo.dp)
     if topo.pp > 1:  # megatron's schedule accumulates the micro-batches (parallel/pipeline.py)
         accumulation = 1
@@ -39,24 +42,74 @@ def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
         "train_batch_size": t.global_batch,
         "train_micro_batch_size_per_gpu": t.global_batch // (topo.dp * accumulation),
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": o.grad_clip if deepspeed_clips(cfg) else 0.0,
-        "optimizer": {
-            "type": "AdamW",
-            # torch_adam: torch's AdamW instead of DeepSpeed's fused CPU Adam (a 2-minute compile on CPU).
-            "params": {
-                "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
-                "torch_adam": True, "adam_w_mode": True,
-            },
-        },
+        "gradient_clipping": cfg.optim.grad_clip if deepspeed_clips(cfg) else 0.0,
+        "optimizer": {"type": "AdamW", "params": adamw_params(cfg, on_gpu())},
         "zero_optimization": {
             "stage": cfg.parallel.zero_stage,
             "stage3_param_persistence_threshold": cfg.parallel.zero3_persistence_threshold,
         },
-        "bf16": {"enabled": resolved_precision(t.precision) == "bf16"},
+        "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
+        **(bf16_gradient_types(cfg.parallel.zero_stage) if bf16 else {}),
     }
+
+
+def adamw_params(cfg: Config, gpu: bool) -> dict[str, Any]:
+    """AdamW's DeepSpeed parameters: always torch's AdamW (`torch_adam`), with its fused kernel on a GPU.
+
+    Not DeepSpeed's own Adams: its CPU Adam is a 2-minute compile; its CUDA FusedAdam is a JIT build on the
+    target too (the GPU wheels carry no prebuilt ops, tools/gpu_wheelhouse.sh), and as a fused optimizer it
+    would make DeepSpeed's bf16 ZeRO-0 wrapper keep flat master groups instead of one master per parameter,
+    which checkpoint/reshard.py and parallel/fp32_grads.py rely on. torch's `fused=True` needs no build and
+    leaves every optimizer-state layout as it is; on the CPU the foreach kernel stays (measured MFU).
+    """
+    o = cfg.optim
+    params = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+              "torch_adam": True, "adam_w_mode": True}
+    if gpu:
+        params["fused"] = True
+    return params
+
+
+def bf16_gradient_types(zero_stage: int) -> dict[str, Any]:
+    """Under bf16, gradients accumulate over micro-batches and are reduced over data-parallel ranks in fp32.
+
+    ZeRO-1/2/3: DeepSpeed's own fp32 accumulation (`data_types.grad_accum_dtype`: an fp32 `grad_accum` per
+    parameter at ZeRO-1, fp32 gradient partitions at ZeRO-2/3) and fp32 reductions. At ZeRO-1 DeepSpeed would
+    swap its ZeRO-1 optimizer for BF16_Optimizer, whose state layout checkpoint/ does not read: the patch
+    ZERO1_FP32_ACCUMULATION keeps the ZeRO-1 optimizer. ZeRO-0: DeepSpeed 0.19 refuses bf16 parameters with
+    fp32 accumulation without ZeRO, so dsl_scale accumulates and all-reduces in fp32 itself
+    (parallel/fp32_grads.py) and DeepSpeed's own reduction is switched off.
+    """
+    types: dict[str, Any] = {"communication_data_type": "fp32"}
+    if zero_stage >= 1:
+        types["data_types"] = {"grad_accum_dtype": "fp32"}
+    return types
+
+
+ZERO1_FP32_ACCUMULATION = "deepspeed-zero1-bf16-fp32-accumulation"  # a patch in dsl_scale/core/patches.py
+
+
+@patches.implements(ZERO1_FP32_ACCUMULATION)
+def _keep_zero1_optimizer():
+    from deepspeed.runtime import engine as ds_engine
+
+    original = ds_engine.DeepSpeedEngine._do_optimizer_sanity_check
+
+    def optimizer_wrapper(self, basic_optimizer):
+        chosen = original(self, basic_optimizer)
+        if chosen == ds_engine.BFLOAT16 and self.zero_optimization_stage() == 1:
+            return ds_engine.ZERO_OPTIMIZATION
+        return chosen
+
+    ds_engine.DeepSpeedEngine._do_optimizer_sanity_check = optimizer_wrapper
+
+    def undo() -> None:
+        ds_engine.DeepSpeedEngine._do_optimizer_sanity_check = original
+
+    return undo
 
 
 def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int):
@@ -92,6 +145,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
         zero3_checks_within_stage()
     if cfg.parallel.sequence_parallel:
         sum_sequence_parallel_grads(model)
+    bf16 = resolved_precision(cfg.train.precision) == "bf16"
+    if bf16 and cfg.parallel.zero_stage == 1:
+        patches.apply(ZERO1_FP32_ACCUMULATION)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -99,7 +155,21 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
         mpu=MegatronMPU(),
         lr_scheduler=lambda optimizer: warmup_then_constant(optimizer, cfg.optim.warmup_steps),
     )
+    if bf16 and cfg.parallel.zero_stage == 0:
+        from megatron.core import parallel_state as ps
+
+        from dsl_scale.parallel.fp32_grads import Fp32Gradients
+
+        setattr(engine, FP32_GRADIENTS, Fp32Gradients(engine, ps.get_data_parallel_group()))
     return engine
+
+
+FP32_GRADIENTS = "dsl_scale_fp32_gradients"  # the engine's Fp32Gradients under bf16 without ZeRO
+
+
+def fp32_gradients(engine):
+    """The engine's fp32 gradient accumulator (parallel/fp32_grads.py), None where DeepSpeed keeps the gradients."""
+    return getattr(engine, FP32_GRADIENTS, None)
 
 
 def mark_norm_owners(module: torch.nn.Module, tp_rank: int) -> None:
@@ -114,16 +184,21 @@ def mark_norm_owners(module: torch.nn.Module, tp_rank: int) -> None:
             param.model_parallel = True
 
 
-def grad_norm(module: torch.nn.Module, tp_rank: int) -> float:
-    """Global L2 norm of the gradients over the TP × PP group, each parameter counted once."""
+def _module_grads(module: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    return [(p, p.grad) for p in module.parameters() if p.grad is not None]
+
+
+def grad_norm(module: torch.nn.Module, tp_rank: int,
+              grads: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None) -> float:
+    """Global L2 norm of the gradients over the TP × PP group, each parameter counted once. `grads`: (parameter,
+    gradient) pairs held outside `param.grad` (default: the module's `param.grad`s)."""
     from megatron.core import parallel_state as ps
 
     group = ps.get_model_parallel_group()
     squares = torch.zeros((), dtype=torch.float64, device=collective_device(group))
-    for param in module.parameters():
-        owned = tp_rank == 0 or getattr(param, "tensor_model_parallel", False)
-        if param.grad is not None and owned:
-            squares += _sum_of_squares(param.grad.detach()).to(squares.device)
+    for param, grad in _module_grads(module) if grads is None else grads:
+        if tp_rank == 0 or getattr(param, "tensor_model_parallel", False):
+            squares += _sum_of_squares(grad.detach()).to(squares.device)
     torch.distributed.all_reduce(squares, group=group)
     return float(squares.sqrt())
 
@@ -146,27 +221,35 @@ def skip_single_replica_allreduce(engine, dp: int, zero_stage: int) -> None:
         engine.enable_backward_allreduce = False
 
 
-def clip_gradients(module: torch.nn.Module, norm: float, max_norm: float) -> None:
+def clip_gradients(module: torch.nn.Module, norm: float, max_norm: float,
+                   grads: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None) -> None:
     """Scale every gradient by max_norm / norm when the norm exceeds max_norm (DeepSpeed's and torch's rule:
     coefficient max_norm / (norm + 1e-6)); gradients within the bound are left untouched."""
     coefficient = max_norm / (norm + 1e-6)
     if max_norm > 0 and coefficient < 1.0:
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, coefficient)
+        torch._foreach_mul_([g for _, g in (_module_grads(module) if grads is None else grads)], coefficient)
 
 
 def step(engine, tp_rank: int, max_norm: float) -> float | None:
     """engine.step(), returning the pre-clipping gradient norm when this micro-step ended a global step.
 
-    DeepSpeed reports the norm itself under ZeRO and bf16 and clips there (`deepspeed_clips`); on its plain
-    fp32 path the norm is computed here (over the model-parallel group, like DeepSpeed does) and the
-    gradients are clipped to `max_norm` before the optimizer step.
+    DeepSpeed reports the norm itself under ZeRO and clips there (`deepspeed_clips`); without ZeRO the norm is
+    computed here (over the model-parallel group, like DeepSpeed does) and the gradients (`param.grad` in
+    fp32, the fp32 accumulators in bf16, averaged over the data-parallel group first) are clipped to
+    `max_norm` before the optimizer step.
     """
     boundary = engine.is_gradient_accumulation_boundary()
     norm = None
-    if boundary and not (engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled()):
-        norm = grad_norm(engine.module, tp_rank)
-        clip_gradients(engine.module, norm, max_norm)
+    if boundary and not engine.zero_optimization():
+        accumulated = fp32_gradients(engine)
+        grads = None
+        if accumulated is not None:
+            accumulated.all_reduce()
+            grads = accumulated.gradients(engine.module)
+        norm = grad_norm(engine.module, tp_rank, grads)
+        if accumulated is not None and not math.isfinite(norm):
+            accumulated.skip_step()
+        clip_gradients(engine.module, norm, max_norm, grads)
     engine.step()
     if boundary and norm is None:
         reported = engine.get_global_grad_norm()

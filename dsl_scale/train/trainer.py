@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,9 +24,11 @@ from dsl_scale.core.files import atomic_directory
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
 from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.model.factory import build_dit
-from dsl_scale.parallel import cpu_compat, pipeline
+from dsl_scale.parallel import compile as compile_lib
+from dsl_scale.parallel import cpu_compat, cross_entropy, pipeline, zero_init
 from dsl_scale.parallel import engine as engine_lib
 from dsl_scale.parallel.engine import activation_dtype, build_engine, resolved_precision
+from dsl_scale.parallel.masters import full_masters, local_masters
 from dsl_scale.parallel.topology import init_process_groups, process_group_backend, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import preemption
@@ -54,19 +58,28 @@ class Trainer:
         self.train_data, self.val_data = open_splits(cfg.data, cfg.model.seq_len, vocab, cfg.train.eval_examples)
 
         self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
-        model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
-                          tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
-                          mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel,
-                          activation_dtype=activation_dtype(cfg.train.precision))
-        if cfg.init_from and not self.checkpointer.will_resume():
-            self.log(self.checkpointer.init_from(model, cfg.init_from, getattr(self.objective, "keys", None)))
-        self.nll_fn = type(model).token_nll
+        build_context, whole = zero_init.partitioned_build(cfg, self.topo)
+        with build_context:  # ZeRO-3: each parameter is partitioned as it is created
+            model = build_dit(cfg.model, vocab, cfg.train.seed, causal=cfg.objective.name == "ar",
+                              tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
+                              mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel,
+                              activation_dtype=activation_dtype(cfg.train.precision), whole=whole)
+        # init_from and a layout-free checkpoint write whole tensors: under ZeRO-3 the stage is gathered for them
+        resuming = self.checkpointer.will_resume()
+        with whole(list(model.parameters())) if cfg.init_from or resuming else contextlib.nullcontext():
+            if cfg.init_from and not resuming:
+                self.log(self.checkpointer.init_from(model, cfg.init_from, getattr(self.objective, "keys", None)))
+            self.checkpointer.preload(model)  # a layout-free checkpoint's weights go in before ZeRO partitions them
+        compiled = compile_lib.apply_compile(model, cfg.model.compile, cfg.parallel.zero_stage)
+        self.nll_fn = cross_entropy.nll_function(cfg.model.loss_chunk_tokens, compiled=compiled)
+        if compiled:
+            self.log("model.compile: the blocks and the loss's per-chunk steps go through torch.compile")
         self.vocab_start = model.vocab_range[0]
         self.num_parameters = model.num_parameters()
-        self.checkpointer.preload(model)  # a layout-free checkpoint's weights go in before ZeRO partitions them
         self.engine = build_engine(model, cfg, self.topo)
         engine_lib.skip_single_replica_allreduce(self.engine, self.topo.dp, cfg.parallel.zero_stage)
-        self.ema = EMA(self.engine.module, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.ema = (EMA(self.engine.module, cfg.train.ema, masters=partial(local_masters, self.engine))
+                    if cfg.train.ema > 0 else None)
         self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
         self.step = 0
         self._resume()
@@ -103,11 +116,12 @@ class Trainer:
         if self.topo.rank == 0:
             print(f"[dsl_scale] {message}", flush=True)
 
-    def _dp_mean(self, value: torch.Tensor) -> float:
+    def _dp_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over data-parallel ranks, left on the collective's device: reading it is the caller's sync."""
         group = ps.get_data_parallel_group()
         value = value.detach().float().to(collective_device(group), copy=True)
         dist.all_reduce(value, group=group)
-        return float(value) / self.topo.dp
+        return value / self.topo.dp
 
     # ----------------------------------------------------------------------------------------------
     def _forward_loss(self, batch: Prepared) -> torch.Tensor:
@@ -118,19 +132,22 @@ class Trainer:
                        stream: int) -> list[Prepared]:
         """Each sequence's draws (the objective's, and its dropout seed: used in training only) come from
         (seed, key, its position in the global batch), so they do not depend on the DP size. The batches are on
-        the compute device (the objective draws on the host and follows the tokens there); the dropout seeds
-        stay on the host, where the model reads them."""
-        positions = torch.arange(first_position, first_position + len(tokens), device="cpu")
+        the compute device, where the objective draws; the dropout seeds stay on the host, where the model reads
+        them. Nothing here waits for the device: the tokens go over asynchronously, the positions are made there."""
+        device, micro = compute_device(), self.cfg.train.micro_batch
+        positions = range(first_position, first_position + len(tokens))
+        on_device = torch.arange(first_position, first_position + len(tokens), device=device)
         batches = []
-        for chunk, chunk_positions in zip(tokens.to(compute_device()).split(self.cfg.train.micro_batch),
-                                          positions.split(self.cfg.train.micro_batch)):
-            batch = self.objective.prepare(chunk, chunk_positions, key, batch_size, stream)
-            batch.dropout_seeds = seeding.per_example(chunk_positions, self.cfg.train.seed, seeding.DROPOUT_STREAM,
-                                                      key)
+        for i, chunk in enumerate(tokens.to(device, non_blocking=True).split(micro)):
+            batch = self.objective.prepare(chunk, on_device[i * micro:(i + 1) * micro], key, batch_size, stream)
+            batch.dropout_seeds = seeding.per_example(positions[i * micro:(i + 1) * micro], self.cfg.train.seed,
+                                                      seeding.DROPOUT_STREAM, key)
             batches.append(batch)
         return batches
 
     def train_step(self, batches: StepBatches) -> dict:
+        """One optimizer step. The loss (and, where DeepSpeed reports one, the gradient norm) come back as device
+        tensors, not read yet: `fit` reads a whole log interval's values at once (`_read_values`)."""
         t = self.cfg.train
         self.engine.train()
         local = batches.batch_at(self.step)  # [global_batch / dp, L], this DP rank's slice
@@ -177,10 +194,10 @@ class Trainer:
         micro_batches = self._micro_batches(tokens, first, 0, n, seeding.EVAL_STREAM)
         if self.topo.pp > 1:
             losses = pipeline.run_schedule(self.engine, micro_batches, self._loss_fn, forward_only=True)
-            return self._dp_mean(pipeline.last_stage_mean(losses))
+            return float(self._dp_mean(pipeline.last_stage_mean(losses)))
         losses = torch.stack([self._forward_loss(b).double() for b in micro_batches])
         sizes = torch.tensor([len(b.inputs) for b in micro_batches], dtype=torch.float64, device=losses.device)
-        return self._dp_mean((losses * sizes).sum() / sizes.sum())
+        return float(self._dp_mean((losses * sizes).sum() / sizes.sum()))
 
     def fit(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -196,21 +213,27 @@ class Trainer:
         deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         tokens_per_step = t.global_batch * cfg.model.seq_len
         preempted = False
+        pending: list[dict] = []  # step records whose device values are not read yet
         while self.step < t.steps:
             started = time.perf_counter()
             self.step += 1
             record = {"step": self.step, **self.train_step(batches)}
             record["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
-            out_of_time = self._agree(time.monotonic() > deadline)
-            preempted = self.stop_signal.agreed()
+            out_of_time, preempted = self._stop_flags(time.monotonic() > deadline)
             if evaluating or out_of_time:
                 record["val_loss"] = self._record_eval()
-            self.metrics.log_step(record)
-            if self.step % t.log_every == 0 or self.step == 1:
+            pending.append(record)
+            logging = self.step % t.log_every == 0 or self.step == 1
+            saving = self.step % t.save_every == 0 or self.step == t.steps or out_of_time or preempted
+            if logging or saving or evaluating:  # metrics.jsonl holds every step up to a checkpoint
+                for done in _read_values(pending):
+                    self.metrics.log_step(done)
+                pending.clear()
+            if logging:
                 self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in record.items()))
-            if self.step % t.save_every == 0 or self.step == t.steps or out_of_time or preempted:
+            if saving:
                 self.save()
             if preempted:
                 break
@@ -233,7 +256,7 @@ class Trainer:
         raise SystemExit(preemption.REQUEUE_EXIT_CODE)
 
     def save_final_weights(self) -> None:
-        self.checkpointer.save_final_weights(self.engine.module)
+        self.checkpointer.save_final_weights(self.engine.module, full_masters(self.engine))
 
     def _record_eval(self) -> float:
         val = self.evaluate()
@@ -241,8 +264,26 @@ class Trainer:
         self.log(f"step {self.step} val_loss {val:.4f}")
         return val
 
-    def _agree(self, flag: bool) -> bool:
-        """All ranks take rank 0's decision (wall clocks differ between ranks)."""
-        value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+    def _stop_flags(self, past_deadline: bool) -> tuple[bool, bool]:
+        """(out of time, preempted), the same on every rank, from one collective per step: rank 0's clock
+        decides the first (wall clocks differ between ranks), any rank's stop signal the second (the rule of
+        `StopSignal.agreed`)."""
+        flags = torch.tensor([1.0 if past_deadline and self.topo.rank == 0 else 0.0,
+                              1.0 if self.stop_signal.received else 0.0], device="cpu")
+        flags = flags.to(collective_device(), non_blocking=True)  # a blocking copy to a GPU would be a second sync
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        out_of_time, preempted = flags.tolist()
+        return out_of_time > 0, preempted > 0
+
+
+def _read_values(records: list[dict]) -> list[dict]:
+    """The records with their tensor values as floats: one device-to-host read per device for all of them."""
+    found = [(record, name) for record in records for name, value in record.items() if isinstance(value, torch.Tensor)]
+    by_device: dict[torch.device, list[tuple[dict, str]]] = {}
+    for record, name in found:
+        by_device.setdefault(record[name].device, []).append((record, name))
+    for entries in by_device.values():
+        values = torch.stack([record[name].detach().double().reshape(()) for record, name in entries]).tolist()
+        for (record, name), value in zip(entries, values):
+            record[name] = value
+    return records

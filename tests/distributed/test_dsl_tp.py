@@ -83,7 +83,7 @@ def run(tp: int, full_state=None) -> dict[str, torch.Tensor]:
     # the DSL loss through the DiT
     tokens = torch.randint(0, MASK_ID, (4, 12), generator=gen(3))
     batch = dsl.corrupt(tokens, conv.keys, dsl.SNRSchedule(mdlm_fraction=0.3, p_roar=0.5), MASK_ID,
-                        [gen(10 + i) for i in range(4)])
+                        torch.arange(10, 14))
     logits = model(None, input_embeds=mix_inputs(conv, model.vocab_embed, batch.ids, batch.z, batch.discrete))
     mdlm.suppress_mask_logit_(logits, MASK_ID, model.vocab_range[0])
     loss = dsl.dsl_loss(DiT.token_nll(logits, tokens))

@@ -47,3 +47,6 @@ def test_measures_mfu_and_overhead_with_a_profile(tmp_path):
     mm_share = next(p["share"] for p in row["profile"]["top"] if p["op"] == "aten::mm")
     assert mm_share <= row["profile"]["matmul_share"] <= 1
     assert "MFU" in done.stdout and "where a plain step's time goes" in done.stdout
+    # on the CPU: the framework's own tensor reads on the step path (syncs on a GPU), and where they are
+    assert row["syncs_per_step"] == sum(row["sync_sites"].values()) >= 1
+    assert all(site.startswith("dsl_scale/") for site in row["sync_sites"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsl_scale.core import counter_rng
 from dsl_scale.diffusion import dsl
 
 MASK = 50
@@ -44,16 +45,15 @@ def test_localize_is_the_gaussian_channel_and_discrete_positions_take_the_table(
     assert dsl.discrete_ids(tokens, snr, MASK).tolist() == [[MASK, MASK, 17, MASK]]
 
 
-def draws(schedule: dsl.SNRSchedule, n: int, seq_len: int) -> list[dsl.SNRDraw]:
-    return [dsl.draw_snr(seq_len, schedule, gen(i)) for i in range(n)]
+def draws(schedule: dsl.SNRSchedule, n: int, seq_len: int) -> dsl.SNRDraw:
+    return dsl.draw_snr(seq_len, schedule, counter_rng.key((7, torch.arange(n)), "cpu"))
 
 
 def test_roar_draws_have_uniform_k_and_the_stated_ranges():
     n, seq_len, s_max = 8000, 16, 100.0
     out = draws(dsl.SNRSchedule(p_roar=1.0), n, seq_len)
-    assert all(d.kind == dsl.ROAR and not d.discrete.any() for d in out)
-    snr = torch.stack([d.snr for d in out])
-    k = torch.tensor([d.num_clean for d in out])
+    assert torch.all(out.kind == dsl.ROAR) and not out.discrete.any()
+    snr, k = out.snr, out.num_clean
     clean = snr >= 0.8 * s_max
     assert torch.equal(clean.sum(1), k), "exactly k clean positions"
     assert snr[clean].max() <= s_max and snr[~clean].min() >= 0 and snr[~clean].max() < 1
@@ -66,14 +66,19 @@ def test_roar_draws_have_uniform_k_and_the_stated_ranges():
     assert abs(snr[~clean].mean().item() - 0.5) < 0.01
     rate = clean.double().mean(0)
     assert torch.all((rate - (seq_len - 1) / 2 / seq_len).abs() < 0.03)
+    # given k, every set of k positions is equally likely: the clean positions of k = 1 rows are uniform
+    first = clean[k == 1].double().argmax(1)
+    counts = torch.bincount(first, minlength=seq_len).double()
+    chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum().item()
+    assert chi2 < 37.7, f"the single clean position is not uniform (chi2 = {chi2:.1f})"
 
 
 def test_lognormal_draws_match_mean_and_std_of_log_snr_and_clamp():
     out = draws(dsl.SNRSchedule(p_roar=0.0, s_clamp=1e30), 1000, 64)
-    log_s = torch.stack([d.snr for d in out]).log()
-    assert all(d.kind == dsl.LOGNORMAL for d in out)
+    log_s = out.snr.log()
+    assert torch.all(out.kind == dsl.LOGNORMAL) and torch.all(out.num_clean == -1)
     assert abs(log_s.mean().item() - 1.69) < 0.01 and abs(log_s.std().item() - 0.9) < 0.01
-    snr = torch.stack([d.snr for d in draws(dsl.SNRSchedule(p_roar=0.0), 1000, 64)])
+    snr = draws(dsl.SNRSchedule(p_roar=0.0), 1000, 64).snr
     assert snr.max() == 40.0
     clamped = (snr == 40.0).double().mean().item()
     expected = 0.5 * math.erfc((math.log(40) - 1.69) / 0.9 / math.sqrt(2))  # P(log s > log 40)
@@ -82,31 +87,39 @@ def test_lognormal_draws_match_mean_and_std_of_log_snr_and_clamp():
 
 def test_mixture_weights_and_exact_mdlm_sequences():
     out = draws(dsl.SNRSchedule(p_roar=0.1, mdlm_fraction=0.3), 6000, 8)
-    kinds = torch.tensor([d.kind for d in out])
-    assert abs((kinds == dsl.MDLM).double().mean().item() - 0.3) < 0.02
-    assert abs((kinds == dsl.ROAR).double().mean().item() - 0.07) < 0.01
-    mdlm_draws = [d for d in out if d.kind == dsl.MDLM]
-    snr = torch.stack([d.snr for d in mdlm_draws])
-    assert all(d.discrete.all() for d in mdlm_draws)
+    assert abs((out.kind == dsl.MDLM).double().mean().item() - 0.3) < 0.02
+    assert abs((out.kind == dsl.ROAR).double().mean().item() - 0.07) < 0.01
+    is_mdlm = out.kind == dsl.MDLM
+    snr = out.snr[is_mdlm]
+    assert torch.equal(out.discrete, is_mdlm[:, None].expand(-1, 8))
     assert torch.all((snr == 0) | torch.isinf(snr))
     # t ~ U[0, 1): the mask rate averages (1 − ε)/2
     assert abs((snr == 0).double().mean().item() - 0.4995) < 0.02
 
 
-def test_corrupt_is_a_function_of_the_generators_only():
+def test_corrupt_is_a_function_of_the_key_words_only():
     keys = dsl.token_keys(MASK + 1, 8, 0)
     tokens = torch.randint(0, MASK, (3, 10), generator=gen(0))
     schedule = dsl.SNRSchedule(mdlm_fraction=0.5)
-    a = dsl.corrupt(tokens, keys, schedule, MASK, [gen(i) for i in range(3)])
-    b = dsl.corrupt(tokens, keys, schedule, MASK, [gen(i) for i in range(3)])
-    c = dsl.corrupt(tokens, keys, schedule, MASK, [gen(i + 10) for i in range(3)])
+    a = dsl.corrupt(tokens, keys, schedule, MASK, (5, torch.arange(3)))
+    b = dsl.corrupt(tokens, keys, schedule, MASK, (5, torch.arange(3)))
+    c = dsl.corrupt(tokens, keys, schedule, MASK, (6, torch.arange(3)))
     assert torch.equal(a.z, b.z) and torch.equal(a.snr, b.snr) and torch.equal(a.ids, b.ids)
     assert not torch.equal(a.z, c.z)
     # a sequence's draw does not depend on its neighbours in the batch
-    single = dsl.corrupt(tokens[1:2], keys, schedule, MASK, [gen(1)])
+    single = dsl.corrupt(tokens[1:2], keys, schedule, MASK, (5, torch.tensor([1])))
     assert torch.equal(single.z[0], a.z[1]) and torch.equal(single.snr[0], a.snr[1])
-    with pytest.raises(ValueError, match="generators"):
-        dsl.corrupt(tokens, keys, schedule, MASK, [gen(0)])
+    # the channel noise is standard normal: z = s·K_x + √s·ε at the continuous positions
+    big = torch.randint(0, MASK, (64, 32), generator=gen(1))
+    out = dsl.corrupt(big, keys, dsl.SNRSchedule(p_roar=0.0), MASK, (5, torch.arange(64)))
+    s = out.snr.float()[..., None]
+    noise = (out.z - s * keys[big]) / s.sqrt()
+    n = noise.numel()
+    assert abs(noise.mean().item()) < 4 / math.sqrt(n) and abs(noise.var().item() - 1) < 4 * math.sqrt(2 / n)
+    with pytest.raises(ValueError, match="one entry per sequence"):
+        dsl.corrupt(tokens, keys, schedule, MASK, (5, torch.arange(2)))
+    with pytest.raises(ValueError, match="one entry per sequence"):
+        dsl.corrupt(tokens, keys, schedule, MASK, (5,))
 
 
 def test_dsl_loss_is_the_unweighted_mean_over_all_positions():

@@ -116,7 +116,7 @@ def test_mixed_inputs_take_the_table_at_discrete_positions(process_group):
     conv = Converter(cfg.vocab_size, cfg.hidden, key_dim=8)
     conv.init_from_embedding(model.vocab_embed.weight.detach(), model.vocab_embed.weight[49].detach())
     tokens = torch.randint(0, 49, (2, 12), generator=gen(0))
-    batch = dsl.corrupt(tokens, conv.keys, dsl.SNRSchedule(mdlm_fraction=0.5), 49, [gen(1), gen(2)])
+    batch = dsl.corrupt(tokens, conv.keys, dsl.SNRSchedule(mdlm_fraction=0.5), 49, torch.tensor([1, 2]))
     embeds = mix_inputs(conv, model.vocab_embed, batch.ids, batch.z, batch.discrete)
     table = model.vocab_embed.weight[batch.ids]
     expected = torch.where(batch.discrete[..., None], table, conv(batch.z))
@@ -143,7 +143,7 @@ def test_dsl_loss_falls_on_real_text(process_group, wiki_docs):
     schedule = dsl.SNRSchedule(mdlm_fraction=0.2)
     losses = []
     for step in range(30):
-        batch = dsl.corrupt(ids, conv.keys, schedule, mask_id, [gen(1000 * step + i) for i in range(8)])
+        batch = dsl.corrupt(ids, conv.keys, schedule, mask_id, (step, torch.arange(8)))
         logits = model(None, input_embeds=mix_inputs(conv, model.vocab_embed, batch.ids, batch.z, batch.discrete))
         logits[..., mask_id] = -1e6
         loss = dsl.dsl_loss(F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view(8, 32))

@@ -1,7 +1,7 @@
 """Batches reach the compute device. On a machine without a GPU the compute device is the CPU, so the trainer's
 `compute_device` is pointed at PyTorch's `meta` device here: like CUDA, it is not the CPU, and an operation that
-mixes its tensors with CPU tensors fails. Every tensor the model and the loss read must land there (made on the
-host from seeded CPU generators, then moved), except the dropout seeds, which the model reads on the host."""
+mixes its tensors with CPU tensors fails. Every tensor the model and the loss read must land there (drawn there by
+the counter-based generator, core/counter_rng.py), except the dropout seeds, which the model reads on the host."""
 
 from __future__ import annotations
 

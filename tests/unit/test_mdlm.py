@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsl_scale.diffusion import mdlm
-from dsl_scale.diffusion.schedules import antithetic_times, log_linear_alpha, log_linear_sigma
+from dsl_scale.diffusion.schedules import antithetic_times, antithetic_times_at, log_linear_alpha, log_linear_sigma
 
 MASK = 10
 
@@ -67,5 +67,10 @@ def test_antithetic_times_cover_the_interval_evenly():
     assert t.min() >= 1e-3 and t.max() <= 1.0
     gaps = (t.sort().values.diff() / (1 - 1e-3))
     torch.testing.assert_close(gaps, torch.full_like(gaps, 1 / 8))
-    # the i-th time of a batch does not depend on how it is split across ranks
-    torch.testing.assert_close(antithetic_times(8, 0.37)[4:], antithetic_times(8, 0.37)[4:])
+    # the i-th time of a batch does not depend on how it is split across ranks: any positions' times, computed
+    # alone (on their device, with the offset as a float or a device tensor), are the whole batch's at those positions
+    positions = torch.tensor([6, 1, 4])
+    for u in (0.37, torch.tensor(0.37, dtype=torch.float32)):
+        torch.testing.assert_close(antithetic_times_at(positions, 8, u), antithetic_times(8, float(u))[positions])
+    with pytest.raises(ValueError, match="at least one"):
+        antithetic_times_at(positions, 0, 0.5)

@@ -12,7 +12,8 @@ from dsl_scale.experiment.config import load_experiment
 from dsl_scale.experiment.report import write_report
 from dsl_scale.experiment.stages import Layout, Stage, build_stages, run_stages
 
-METHODS = ["MDLM", "MDLM + ReMDM-loop", "DSL + ReMDM-loop", "DSL + confidence remasking", "DSL hybrid"]
+METHODS = ["MDLM", "MDLM + ReMDM-loop", "DSL + ReMDM-loop", "DSL + confidence remasking",
+           "DSL + confidence remasking, SNR 5", "MDLM + confidence remasking", "DSL hybrid"]
 
 
 def test_configs_load_and_bad_settings_fail():
@@ -60,7 +61,11 @@ def test_stages_give_both_arms_the_same_steps_and_pair_samples_with_evaluations(
         continuous = int(next(a for a in hybrid if a.startswith("sampler.continuous_steps=")).split("=")[1])
         assert 1 <= continuous < steps and f"checkpoint={layout.run('dsl')}" in hybrid
         confidence = by_name[f"sample DSL + confidence remasking T={steps} seed=5"].command
-        assert "sampler=remdm_confidence" in confidence and "sampler.visible_snr=5.0" in confidence
+        assert "sampler=remdm_confidence" in confidence and not any("visible_snr" in a for a in confidence)
+        through_converter = by_name[f"sample DSL + confidence remasking, SNR 5 T={steps} seed=5"].command
+        assert "sampler.visible_snr=5.0" in through_converter and f"checkpoint={layout.run('dsl')}" in through_converter
+        control = by_name[f"sample MDLM + confidence remasking T={steps} seed=5"].command
+        assert "sampler=remdm_confidence" in control and f"checkpoint={layout.run('mdlm')}" in control
         for method in e.sample.methods:
             for seed in (0, 5):
                 out = layout.samples(method, steps, seed)
@@ -145,11 +150,12 @@ def test_report_averages_seeds_with_sanity_rows_analyses_and_plot(tmp_path):
     assert "| MDLM | 8 | 7.5 | 0.090 | 18.0 | 2.500 | 16 |" in md
     # MDLM + ReMDM-loop reaches 0.190 at T=8; the later methods (0.25 and up at T=4) already at NFE 3.5
     assert ("- MDLM: not reached\n- MDLM + ReMDM-loop: 7.5\n- DSL + ReMDM-loop: 3.5\n"
-            "- DSL + confidence remasking: 3.5\n- DSL hybrid: 3.5") in md
+            "- DSL + confidence remasking: 3.5\n- DSL + confidence remasking, SNR 5: 3.5\n"
+            "- MDLM + confidence remasking: 3.5\n- DSL hybrid: 3.5") in md
     assert "| mdlm | 0.250 | 0.100 | 0.900 / 0.800 | 0.500 / 0.400 | 0.300 [0.200, 0.400] |" in md
     assert "| dsl | 0.050 |" in md
     assert "| MDLM pretraining | 20 | 2.750 | 100 |" in md and "seeds [0, 1] averaged" in md
-    assert len(results["rows"]) == 10 and results["rows"][0]["seeds"] == [0, 1]
+    assert len(results["rows"]) == 14 and results["rows"][0]["seeds"] == [0, 1]
     assert set(results["analyses"]) == {"mdlm", "dsl"}
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
     assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000

@@ -1,0 +1,101 @@
+"""The fp32 master weights DeepSpeed keeps for bf16 parameters, by parameter name: what the EMA averages and
+what the final weights are written from (the bf16 module weights are their rounded copies).
+
+fp32 training has no separate masters (the module's weights are what AdamW updates): the functions here
+return None, and callers read the module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from dsl_scale.core import patches
+
+REQUIREMENT = "deepspeed-fp32-master-weights"  # in dsl_scale/core/patches.py
+
+
+def local_masters(engine) -> dict[str, torch.Tensor] | None:
+    """name → the fp32 master of what this rank holds of each trainable parameter, shaped like what it holds:
+    the whole (TP-sharded) parameter at ZeRO-0/1/2, its flat ZeRO-3 partition (`ds_tensor`) at ZeRO-3.
+
+    ZeRO-1/2 keep only this rank's slice of each flat group of masters: the slices are all-gathered (one fp32
+    collective per parameter group, on every data-parallel rank). Views: copy before the next optimizer step.
+    """
+    if not engine.bfloat16_enabled():
+        return None
+    patches.require(REQUIREMENT)
+    stage = engine.zero_optimization_stage() if engine.zero_optimization() else 0
+    if stage == 0:
+        by_id = _unfused_masters(engine.optimizer)
+    elif stage in (1, 2):
+        by_id = _gathered_zero_masters(engine.optimizer)
+    else:
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        by_id = {id(p): _shaped(safe_get_local_fp32_param(p), p.ds_tensor.shape, name)
+                 for name, p in _trainable(engine.module)}
+    return _by_name(engine.module, by_id)
+
+
+def full_masters(engine) -> dict[str, torch.Tensor] | None:
+    """name → the whole fp32 master of every trainable parameter this rank's module has (TP-sharded as the
+    module is), on every rank (collectives at ZeRO-1/2/3: call on all ranks)."""
+    if not engine.bfloat16_enabled() or not engine.zero_optimization() or engine.zero_optimization_stage() < 3:
+        return local_masters(engine)
+    patches.require(REQUIREMENT)
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return {name: _shaped(safe_get_full_fp32_param(p), p.ds_shape, name)
+            for name, p in _trainable(engine.module)}
+
+
+def _trainable(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def _by_name(module: torch.nn.Module, by_id: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    missing = [n for n, p in _trainable(module) if id(p) not in by_id]
+    if missing:
+        raise LookupError(f"DeepSpeed's optimizer holds no fp32 master for parameters {missing[:5]}")
+    return {n: by_id[id(p)] for n, p in _trainable(module)}
+
+
+def _shaped(master: torch.Tensor | None, shape, name: str) -> torch.Tensor:
+    numel = math.prod(shape)
+    if master is None or master.numel() != numel:
+        raise LookupError(f"{name}: DeepSpeed's fp32 master has {None if master is None else master.numel()} "
+                          f"elements where {numel} are held")
+    return master.view(shape)
+
+
+def _unfused_masters(wrapper) -> dict[int, torch.Tensor]:
+    """bf16 without ZeRO: FP16_UnfusedOptimizer keeps one fp32 copy per parameter (fp16_groups ↔ fp32_groups)."""
+    if not hasattr(wrapper, "fp32_groups"):
+        raise LookupError(f"bf16 without ZeRO: {type(wrapper).__name__} has no per-parameter fp32 masters")
+    return {id(low): high for lows, highs in zip(wrapper.fp16_groups, wrapper.fp32_groups)
+            for low, high in zip(lows, highs)}
+
+
+@torch.no_grad()
+def _gathered_zero_masters(optimizer) -> dict[int, torch.Tensor]:
+    """ZeRO-1/2: each parameter group is one flat bf16 buffer (the parameters are views into it), cut into equal
+    data-parallel partitions; this rank's fp32 partition is `single_partition_of_fp32_groups[i]`."""
+    masters: dict[int, torch.Tensor] = {}
+    for i, flat in enumerate(optimizer.bit16_groups_flat):
+        mine = optimizer.single_partition_of_fp32_groups[i].detach()
+        group = optimizer.real_dp_process_group[i]
+        pieces = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(pieces, mine, group=group)
+        whole = torch.cat(pieces)
+        if whole.numel() != flat.numel():
+            raise LookupError(f"ZeRO group {i}: fp32 partitions hold {whole.numel()} elements, the flat bf16 "
+                              f"group {flat.numel()}")
+        for param in optimizer.bit16_groups[i]:
+            offset = (param.data_ptr() - flat.data_ptr()) // flat.element_size()
+            if not 0 <= offset <= flat.numel() - param.numel():
+                raise LookupError(f"ZeRO group {i}: a parameter is not a view into its flat group")
+            masters[id(param)] = whole.narrow(0, offset, param.numel()).view_as(param)
+    return masters
