@@ -18,7 +18,10 @@ def run(cfg) -> None:
 
     if not cfg.init_from:
         raise ValueError("finetune needs init_from=<a run directory, checkpoint or model.safetensors>")
+    from dsl_scale.parallel.topology import shutdown_process_groups
+
     Trainer(cfg).fit()
+    shutdown_process_groups()
 
 
 def main() -> None:

@@ -11,9 +11,11 @@ from dsl_scale.launch import hydra_main
 
 
 def run(cfg) -> None:
+    from dsl_scale.parallel.topology import shutdown_process_groups
     from dsl_scale.train.trainer import Trainer
 
     Trainer(cfg).fit()
+    shutdown_process_groups()
 
 
 def main() -> None:

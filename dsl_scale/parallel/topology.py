@@ -109,6 +109,17 @@ def check_layout(world_size: int, tp: int, pp: int) -> None:
     check_parallel_layout(tp=tp, pp=pp, world_size=world_size)
 
 
+def shutdown_process_groups() -> None:
+    """The end of a finished run: wait for every rank, then take the process groups down while the interpreter
+    is whole (left to interpreter exit, a gloo rank can abort: "terminate called without an active
+    exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, backend: str = "auto") -> Topology:
     """Start torch.distributed (`backend`: see process_group_backend) and megatron-core's TP/PP/DP groups."""
     from datetime import timedelta

@@ -28,5 +28,9 @@ def partitioned_build(cfg: Config, topo: Topology) -> tuple[AbstractContextManag
     if cfg.parallel.zero_stage != 3:
         return contextlib.nullcontext(), as_is
     import deepspeed
+    from megatron.core import parallel_state as ps
 
-    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, topo), mpu=MegatronMPU()), gathered
+    # the DP group explicitly: without it zero.Init partitions (and broadcasts) over the whole world, across
+    # pipeline stages and TP ranks that hold other parameters (a gloo size mismatch at PP 2)
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, topo), mpu=MegatronMPU(),
+                               data_parallel_group=ps.get_data_parallel_group()), gathered

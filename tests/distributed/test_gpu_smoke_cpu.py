@@ -13,6 +13,7 @@ from tests.launching import REPO, env
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # ~50-75 s: every step of tools/gpu_smoke.sh; the pieces have their own default tests
 def test_gpu_smoke_script_runs_every_step_on_cpu(tmp_path):
     work = tmp_path / "smoke"
     result = subprocess.run(["bash", str(REPO / "tools" / "gpu_smoke.sh"), "--cpu", "--workdir", str(work)],
