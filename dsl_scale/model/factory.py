@@ -35,10 +35,11 @@ def build_dit(model: ModelConfig, vocab_size: int, seed: int, causal: bool = Fal
               activation_dtype: torch.dtype = torch.float32, whole: Whole = as_is) -> DiT:
     """Pipeline stage `stage` of the DiT, this rank's tensor-parallel shards only: no rank builds another stage,
     and each parameter's values depend on (seed, its global name) only, so a layout never changes the initial
-    weights (model/init.py). Parameters are built in fp32 (DeepSpeed casts them for bf16 training; zero.Init
-    creates them in the training dtype);
+    weights (model/init.py). Parameters are built in fp32 (the training engine casts them for bf16 training, or a
+    partitioning build context creates them in the training dtype);
     `activation_dtype` is the dtype the stages exchange between them (the training precision: the receiving
-    buffers are allocated in it). `whole`: see DiT (ZeRO-3 builds inside deepspeed.zero.Init)."""
+    buffers are allocated in it). `whole`: see DiT (the caller's way to make a partitioned parameter whole
+    while it is initialised; parallel/ provides one for ZeRO-3)."""
     if not 0 <= stage < pp:
         raise ValueError(f"pipeline stage {stage} does not exist at parallel.pp={pp}")
     cfg = dit_config(model, vocab_size, causal, objective, mask_id)
