@@ -155,6 +155,8 @@ def _job_script_srun_args(tmp_path: Path, **slurm: str) -> subprocess.CompletedP
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
+    # DeepSpeed's slurm launcher looks for `sinfo` on PATH before it runs srun; a clean CI machine has none
+    (bin_dir / "sinfo").write_text("#!/bin/bash\ntrue\n")
     (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$2" = hostnames ] && printf "n1\\nn2\\n"; '
                                       '[ "$2" = node ] && echo "NodeName=n1 NodeAddr=10.0.0.1"; true\n')
     for tool in bin_dir.iterdir():
@@ -166,16 +168,22 @@ def _job_script_srun_args(tmp_path: Path, **slurm: str) -> subprocess.CompletedP
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
 
+def _srun_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("srun ")]
+    assert lines, f"the job script ran no srun (exit {result.returncode}):\n{result.stderr[-2000:]}"
+    return lines[0]
+
+
 def test_job_script_passes_cpus_and_gpus_to_srun_and_sets_nccl_defaults(tmp_path):
     result = _job_script_srun_args(tmp_path, SLURM_CPUS_ON_NODE="96", SLURM_GPUS_ON_NODE="8")
-    srun = next(line for line in result.stdout.splitlines() if line.startswith("srun "))
+    srun = _srun_line(result)
     assert "--cpus-per-task=96" in srun and "--gpus-per-node=8" in srun and "--nproc-per-node=8" in srun
     given = _job_script_srun_args(tmp_path, SLURM_CPUS_PER_TASK="48", SLURM_GPUS_ON_NODE="8")
     assert "--cpus-per-task=48 --gpus-per-node=8" in given.stdout
     # deepspeed --launcher slurm: a task per rank, each with its share of the node's CPUs and all its GPUs
     per_rank = _job_script_srun_args(tmp_path, SLURM_CPUS_ON_NODE="96", SLURM_GPUS_ON_NODE="8",
                                      DSL_LAUNCHER="deepspeed", DSL_RANKS_PER_NODE="8")
-    srun = next(line for line in per_rank.stdout.splitlines() if line.startswith("srun "))
+    srun = _srun_line(per_rank)
     assert "-n 16 --ntasks-per-node=8 --cpus-per-task=12 --gpus-per-node=8" in srun, per_rank.stderr[-2000:]
     env_dump = subprocess.run(["bash", "-c", f"source <(sed -n '/^export NCCL_DEBUG/,/^export PYTHONFAULT/p' "
                                f"{REPO}/launchers/slurm/job.sh); env"], capture_output=True, text=True,
