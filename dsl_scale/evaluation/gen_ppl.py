@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from dsl_scale.core.device import CPU
 from dsl_scale.evaluation import ranks
+from dsl_scale.evaluation.bootstrap import percentile_interval
 from dsl_scale.evaluation.scorers import Scorer
 from dsl_scale.tokenizer import Tokenizer
 
@@ -43,9 +45,9 @@ def chunks(ids: list[int], context: int, bos_id: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[float, int]:
-    """Summed NLL of every id after each chunk's BOS, and how many ids that was. The right-padded batch is
-    built on the host and sent to the scorer's device in one copy; only the two numbers come back."""
+def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[list[float], list[int]]:
+    """Per chunk: the summed NLL of every id after its BOS, and how many ids that was. The right-padded
+    batch is built on the host and sent to the scorer's device in one copy; only the sums come back."""
     device = getattr(scorer, "device", CPU)
     width = max(len(c) for c in batch)
     ids = torch.tensor([c + [0] * (width - len(c)) for c in batch], dtype=torch.long, device=device)
@@ -54,22 +56,46 @@ def chunk_nll(scorer: Scorer, batch: list[list[int]]) -> tuple[float, int]:
     ids, mask = ids.to(logits.device), mask.to(logits.device)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     scored = mask[:, 1:].bool()
-    return float(nll[scored].double().sum()), int(scored.sum())
+    sums = (nll.double() * scored).sum(dim=1).cpu()
+    return sums.tolist(), scored.sum(dim=1).cpu().tolist()
+
+
+def sample_nll(samples: list[list[int]], tokenizer: Tokenizer, scorer: Scorer,
+               batch_size: int) -> tuple[list[float], list[int]]:
+    """Each sample's summed NLL and scored-token count (this rank's slice of the samples scored, all
+    gathered, in sample order)."""
+    owner, mine = [], []
+    for i in ranks.my_slice(len(samples)):
+        for chunk in chunks(scorer_ids(samples[i], tokenizer, scorer), scorer.context, scorer.bos_id):
+            owner.append(i)
+            mine.append(chunk)
+    sums: dict[int, tuple[float, int]] = {}
+    for start in range(0, len(mine), batch_size):
+        nll, n = chunk_nll(scorer, mine[start:start + batch_size])
+        for i, a, b in zip(owner[start:start + batch_size], nll, n):
+            total, count = sums.get(i, (0.0, 0))
+            sums[i] = (total + a, count + b)
+    merged = {i: v for part in ranks.gather(sums) for i, v in part.items()}
+    pairs = [merged.get(i, (0.0, 0)) for i in range(len(samples))]  # (0, 0): nothing left after the cut
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def generative_perplexity(samples: list[list[int]], tokenizer: Tokenizer, scorer: Scorer,
-                          batch_size: int = 8) -> dict[str, Any]:
-    """Token-weighted mean NLL over all samples; each rank scores its slice of the samples."""
-    mine = [c for i in ranks.my_slice(len(samples))
-            for c in chunks(scorer_ids(samples[i], tokenizer, scorer), scorer.context, scorer.bos_id)]
-    total, count = 0.0, 0
-    for start in range(0, len(mine), batch_size):
-        nll, n = chunk_nll(scorer, mine[start:start + batch_size])
-        total, count = total + nll, count + n
-    parts = ranks.gather((total, count))
-    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
-    if count == 0:
+                          batch_size: int = 8, resamples: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Token-weighted mean NLL over all samples; each rank scores its slice of the samples. With
+    `resamples`, a bootstrap 95 % interval of the perplexity: samples (not tokens) are resampled, since
+    a sample's tokens are not independent, and each resample's perplexity is exp(Σ NLL / Σ tokens)."""
+    nll, count = sample_nll(samples, tokenizer, scorer, batch_size)
+    nll, count = np.asarray(nll, dtype=np.float64), np.asarray(count, dtype=np.int64)
+    if count.sum() == 0:
         raise ValueError("no tokens to score: every sample is empty after cutting at its first EOS")
-    mean = total / count
-    return {"gen_ppl": math.exp(mean), "mean_nll": mean, "scored_tokens": count, "count": len(samples),
-            "scorer": scorer.identity()}
+    mean = float(nll.sum() / count.sum())
+    result = {"gen_ppl": math.exp(mean), "mean_nll": mean, "scored_tokens": int(count.sum()),
+              "count": len(samples), "scorer": scorer.identity(), "ci95": None}
+    if resamples > 0:
+        picks = np.random.default_rng(seed).integers(0, len(samples), size=(resamples, len(samples)))
+        tokens = np.maximum(count[picks].sum(axis=1), 1)  # a resample of empty samples only: NLL 0
+        result["ci95"] = percentile_interval(np.exp(nll[picks].sum(axis=1) / tokens))
+        result["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "sample",
+                               "interval": "percentile"}
+    return result

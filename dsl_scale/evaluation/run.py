@@ -48,10 +48,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
         scorer = build_scorer(cfg.scorer, cfg.weights)
         _match_scorer_vocabulary(scorer, tokenizer)
-        results["gen_ppl"] = generative_perplexity(samples.tokens, tokenizer, scorer, cfg.scorer_batch_size)
+
+        def scored(tokens: list[list[int]]) -> dict[str, Any]:
+            return generative_perplexity(tokens, tokenizer, scorer, cfg.scorer_batch_size, cfg.bootstrap_resamples,
+                                         cfg.seed)
+
+        results["gen_ppl"] = scored(samples.tokens)
         results["scorer"] = cfg.scorer
         for name, tokens in sanity.items():
-            rows[name]["gen_ppl"] = generative_perplexity(tokens, tokenizer, scorer, cfg.scorer_batch_size)
+            rows[name]["gen_ppl"] = scored(tokens)
     if "hmm_nll" in cfg.metrics:
         from dsl_scale.evaluation.hmm_likelihood import hmm_quality
 

@@ -177,10 +177,15 @@ def identity(stage: Stage) -> dict:
 
 
 def finished(layout: Layout, index: int, stage: Stage) -> dict | None:
-    """The stage's marker when it finished before with the same command; an error when the command differed."""
+    """The stage's marker when it finished before with the same command; an error when the command differed.
+    A marker is found by the stage's name wherever it stood, so a grid extended with seeds, methods or T
+    values reuses the cells it already has (the marker is renumbered to the stage's new position)."""
     path = marker_path(layout, index, stage)
     if not path.is_file():
-        return None
+        moved = sorted(layout.markers.glob(f"[0-9][0-9][0-9]_{slug(stage.name)}.json"))
+        if not moved:
+            return None
+        moved[0].rename(path)
     marker = json.loads(path.read_text())
     if {k: marker.get(k) for k in ("name", "command", "ranks")} != identity(stage):
         raise ValueError(f"{layout.root} holds stage {stage.name!r} made with other settings (see {path}); "

@@ -61,6 +61,40 @@ def test_gen_ppl_of_a_uniform_scorer_is_its_vocabulary_size():
     assert result["gen_ppl"] == pytest.approx(50258, rel=1e-6)  # fp32 log-softmax
 
 
+class PeakedScorer(UniformScorer):
+    """Logit 0 everywhere but `peak` for id 7: id 7 costs ln(V − 1 + e^peak) − peak, any other id
+    ln(V − 1 + e^peak). A small V keeps fp32's log-softmax exact to 1e-6."""
+
+    peak, vocab = 3.0, 64
+
+    def logits(self, ids, mask):
+        out = torch.zeros(*ids.shape, self.vocab)
+        out[..., 7] = self.peak
+        return out
+
+
+def test_gen_ppl_bootstrap_resamples_samples_not_tokens():
+    tok, scorer = get_tokenizer(), PeakedScorer()
+    log_z = math.log(scorer.vocab - 1 + math.exp(scorer.peak))
+    easy, hard = log_z - scorer.peak, log_z
+    # per sample (summed NLL, tokens); a sample longer than the context is scored in several chunks
+    samples = [[7] * 9, [20, 21], [7, 7, 30], []]
+    per_sample = [(9 * easy, 9), (2 * hard, 2), (2 * easy + hard, 3), (0.0, 0)]
+    nll, count = gen_ppl.sample_nll(samples, tok, scorer, batch_size=3)
+    assert count == [c for _, c in per_sample] and nll == pytest.approx([n for n, _ in per_sample], rel=1e-5)
+    result = gen_ppl.generative_perplexity(samples, tok, scorer, batch_size=3, resamples=400, seed=3)
+    assert result["gen_ppl"] == pytest.approx(math.exp(sum(nll) / sum(count)), rel=1e-6)
+    # the reference rule: the 2.5 / 97.5 percentiles of exp(Σ NLL / Σ tokens) over resampled samples
+    import numpy as np
+
+    picks = np.random.default_rng(3).integers(0, 4, size=(400, 4))
+    n, c = np.array(nll), np.array(count)
+    ppl = np.exp(n[picks].sum(1) / np.maximum(c[picks].sum(1), 1))
+    assert result["ci95"] == pytest.approx([np.percentile(ppl, 2.5), np.percentile(ppl, 97.5)])
+    assert result["ci95"][0] < result["gen_ppl"] < result["ci95"][1]
+    assert gen_ppl.generative_perplexity(samples, tok, scorer, resamples=0)["ci95"] is None
+
+
 def test_retokenisation_keeps_the_text_and_maps_eos():
     tok = get_tokenizer()
 

@@ -110,6 +110,21 @@ def test_finished_stages_are_skipped_and_changed_ones_refused(tmp_path, capsys):
     assert calls == ["first", "second", "second"]
 
 
+def test_an_extended_grid_reuses_finished_stages_wherever_they_stood(tmp_path):
+    layout, calls = Layout(tmp_path), []
+
+    def stage(name: str) -> Stage:
+        return Stage(name, [name], action=lambda: calls.append(name))
+
+    run_stages([stage("data"), stage("cell T=8"), stage("cell T=32")], layout, echo=False)
+    records = run_stages([stage("data"), stage("cell T=8"), stage("cell T=16"), stage("cell T=32")], layout,
+                         echo=False)
+    assert calls == ["data", "cell T=8", "cell T=32", "cell T=16"]
+    assert [r["skipped"] for r in records] == [True, True, False, True]
+    assert sorted(p.name for p in layout.markers.iterdir()) == ["000_data.json", "001_cell_t_8.json",
+                                                                 "002_cell_t_16.json", "003_cell_t_32.json"]
+
+
 def fake_result(e, layout, method, steps, seed, mauve: float, sane: bool = True) -> None:
     """A results file as launchers/evaluate.py writes it (only the fields the report reads)."""
     path = layout.results(method, steps, seed)
