@@ -3,11 +3,17 @@ what the final weights are written from (the bf16 module weights are their round
 
 fp32 training has no separate masters (the module's weights are what AdamW updates): the functions here
 return None, and callers read the module.
+
+What the EMA averages is a `WeightSource`: the tensors this rank holds, keyed so that no collective is needed to
+read them each step, and their conversion to and from whole named tensors for checkpoints. At ZeRO-1/2 under bf16
+these are the rank's flat fp32 partitions (`ZeroPartitions`): the EMA then costs 4Ψ/N bytes per rank and no
+communication per step; a checkpoint all-gathers them once.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -83,9 +89,13 @@ def _unfused_masters(wrapper) -> dict[int, torch.Tensor]:
 def _gathered_zero_masters(optimizer) -> dict[int, torch.Tensor]:
     """ZeRO-1/2: each parameter group is one flat bf16 buffer (the parameters are views into it), cut into equal
     data-parallel partitions; this rank's fp32 partition is `single_partition_of_fp32_groups[i]`."""
-    masters: dict[int, torch.Tensor] = {}
-    for i, flat in enumerate(optimizer.bit16_groups_flat):
-        mine = optimizer.single_partition_of_fp32_groups[i].detach()
+    return _gather_groups(optimizer, [part.detach() for part in optimizer.single_partition_of_fp32_groups])
+
+
+def _gather_groups(optimizer, partitions: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """id(parameter) → its whole value, cut from the all-gathered flat groups whose local partitions are given."""
+    values: dict[int, torch.Tensor] = {}
+    for i, (flat, mine) in enumerate(zip(optimizer.bit16_groups_flat, partitions)):
         group = optimizer.real_dp_process_group[i]
         pieces = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(pieces, mine, group=group)
@@ -93,9 +103,95 @@ def _gathered_zero_masters(optimizer) -> dict[int, torch.Tensor]:
         if whole.numel() != flat.numel():
             raise LookupError(f"ZeRO group {i}: fp32 partitions hold {whole.numel()} elements, the flat bf16 "
                               f"group {flat.numel()}")
-        for param in optimizer.bit16_groups[i]:
-            offset = (param.data_ptr() - flat.data_ptr()) // flat.element_size()
-            if not 0 <= offset <= flat.numel() - param.numel():
-                raise LookupError(f"ZeRO group {i}: a parameter is not a view into its flat group")
-            masters[id(param)] = whole.narrow(0, offset, param.numel()).view_as(param)
-    return masters
+        for param, offset in _offsets(optimizer, i):
+            values[id(param)] = whole.narrow(0, offset, param.numel()).view_as(param)
+    return values
+
+
+def _offsets(optimizer, i: int) -> list[tuple[torch.nn.Parameter, int]]:
+    """(parameter, its element offset in flat group i) for the parameters of group i."""
+    flat, found = optimizer.bit16_groups_flat[i], []
+    for param in optimizer.bit16_groups[i]:
+        offset = (param.data_ptr() - flat.data_ptr()) // flat.element_size()
+        if not 0 <= offset <= flat.numel() - param.numel():
+            raise LookupError(f"ZeRO group {i}: a parameter is not a view into its flat group")
+        found.append((param, offset))
+    return found
+
+
+class WeightSource(Protocol):
+    def local(self) -> dict[str, torch.Tensor]:
+        """What this rank holds, read without a collective (views: copy before the next optimizer step)."""
+
+    def to_named(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors keyed and shaped like `local()` → the checkpoint's form: parameter name → tensor."""
+
+    def from_named(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of `to_named`."""
+
+
+class NamedWeights:
+    """Parameter name → the module's weights, or their fp32 masters where DeepSpeed keeps them per parameter (bf16
+    without ZeRO, and ZeRO-3's partitions): the checkpoint's keys already."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.params = _trainable(engine.module)
+
+    def local(self) -> dict[str, torch.Tensor]:
+        masters = local_masters(self.engine)
+        if masters is not None:
+            return masters
+        return {n: getattr(p, "ds_tensor", p).data for n, p in self.params}
+
+    def to_named(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(local)
+
+    def from_named(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = sorted({n for n, _ in self.params} - set(named))
+        if missing:
+            raise KeyError(f"lacks parameters: {missing[:5]}")
+        return {n: named[n] for n, _ in self.params}
+
+
+class ZeroPartitions:
+    """ZeRO-1/2 under bf16: flat group i → this rank's fp32 partition of it, keyed `zero_group_{i}`."""
+
+    def __init__(self, engine):
+        patches.require(REQUIREMENT)
+        self.optimizer = engine.optimizer
+        self.names = {id(p): n for n, p in _trainable(engine.module)}
+
+    def local(self) -> dict[str, torch.Tensor]:
+        partitions = self.optimizer.single_partition_of_fp32_groups
+        return {f"zero_group_{i}": part.detach() for i, part in enumerate(partitions)}
+
+    @torch.no_grad()
+    def to_named(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All-gathers each group over its data-parallel ranks: call on all of them."""
+        by_id = _gather_groups(self.optimizer, [local[f"zero_group_{i}"] for i in range(len(local))])
+        missing = [n for k, n in self.names.items() if k not in by_id]
+        if missing:
+            raise LookupError(f"DeepSpeed's ZeRO groups hold no fp32 master for parameters {missing[:5]}")
+        return {n: by_id[k] for k, n in self.names.items()}
+
+    @torch.no_grad()
+    def from_named(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = sorted(set(self.names.values()) - set(named))
+        if missing:
+            raise KeyError(f"lacks parameters: {missing[:5]}")
+        local = {}
+        for i, mine in enumerate(self.optimizer.single_partition_of_fp32_groups):
+            start = dist.get_rank(self.optimizer.real_dp_process_group[i]) * mine.numel()
+            whole = torch.zeros(self.optimizer.bit16_groups_flat[i].numel(), dtype=mine.dtype, device=mine.device)
+            for param, offset in _offsets(self.optimizer, i):
+                whole[offset:offset + param.numel()] = named[self.names[id(param)]].reshape(-1).to(whole)
+            local[f"zero_group_{i}"] = whole[start:start + mine.numel()].clone()
+        return local
+
+
+def weight_source(engine) -> WeightSource:
+    """What the EMA of `engine`'s parameters averages (see the module's docstring)."""
+    bf16_zero12 = (engine.bfloat16_enabled() and engine.zero_optimization()
+                   and engine.zero_optimization_stage() in (1, 2))
+    return ZeroPartitions(engine) if bf16_zero12 else NamedWeights(engine)

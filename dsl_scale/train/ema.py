@@ -1,11 +1,12 @@
-"""Exponential moving average of the parameters this rank holds (its ZeRO-3 partition when sharded), taken of
-the fp32 master weights under bf16 training (the module's bf16 weights are their rounded copies)."""
+"""Exponential moving average of the weights this rank holds: the fp32 master weights under bf16 training (the
+module's bf16 weights are their rounded copies), kept in the optimizer's own partitioning (ZeRO-1/2: this rank's flat
+fp32 partitions; ZeRO-3: its parameter partitions), so an update reads no other rank's weights."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+
+from dsl_scale.parallel.masters import WeightSource
 
 
 def local_tensor(param: torch.nn.Parameter) -> torch.Tensor:
@@ -13,33 +14,27 @@ def local_tensor(param: torch.nn.Parameter) -> torch.Tensor:
 
 
 class EMA:
-    def __init__(self, module: torch.nn.Module, decay: float,
-                 masters: Callable[[], dict[str, torch.Tensor] | None] | None = None):
-        """`masters`: name → the fp32 master of what this rank holds of each parameter (parallel/masters.py:
-        local_masters), or None where there are none (fp32 training: the module's weights are the masters)."""
+    def __init__(self, source: WeightSource, decay: float):
+        """`source`: parallel/masters.py's `weight_source(engine)`, or any WeightSource."""
         self.decay = decay
-        self.params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        self.masters = masters
-        self.shadow = {n: t.detach().float().clone() for n, t in self._weights().items()}
-
-    def _weights(self) -> dict[str, torch.Tensor]:
-        masters = self.masters() if self.masters is not None else None
-        if masters is None:
-            return {n: local_tensor(p) for n, p in self.params}
-        return masters
+        self.source = source
+        self.shadow = {k: t.detach().float().clone() for k, t in source.local().items()}
 
     @torch.no_grad()
     def update(self) -> None:
-        weights = self._weights()
-        for name, shadow in self.shadow.items():
-            shadow.lerp_(weights[name].float(), 1 - self.decay)
+        weights = self.source.local()
+        for key, shadow in self.shadow.items():
+            shadow.lerp_(weights[key].float(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+        """Parameter name → the average (a collective at ZeRO-1/2 under bf16: call on every data-parallel rank)."""
+        return self.source.to_named(self.shadow)
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.shadow) - set(state)
-        if missing:
-            raise KeyError(f"EMA state lacks parameters: {sorted(missing)[:5]}")
-        for name in self.shadow:
-            self.shadow[name].copy_(state[name])
+        try:
+            local = self.source.from_named(state)
+        except KeyError as error:
+            raise KeyError(f"EMA state {error.args[0]}") from None
+        for key, shadow in self.shadow.items():
+            shadow.copy_(local[key])

@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from dsl_scale.parallel import compile as compile_lib
 from dsl_scale.parallel import cpu_compat, cross_entropy, pipeline, zero_init
 from dsl_scale.parallel import engine as engine_lib
 from dsl_scale.parallel.engine import activation_dtype, build_engine, resolved_precision
-from dsl_scale.parallel.masters import full_masters, local_masters
+from dsl_scale.parallel.masters import full_masters, weight_source
 from dsl_scale.parallel.topology import init_process_groups, process_group_backend, set_cpu_threads
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import preemption
@@ -78,8 +77,7 @@ class Trainer:
         self.num_parameters = model.num_parameters()
         self.engine = build_engine(model, cfg, self.topo)
         engine_lib.skip_single_replica_allreduce(self.engine, self.topo.dp, cfg.parallel.zero_stage)
-        self.ema = (EMA(self.engine.module, cfg.train.ema, masters=partial(local_masters, self.engine))
-                    if cfg.train.ema > 0 else None)
+        self.ema = EMA(weight_source(self.engine), cfg.train.ema) if cfg.train.ema > 0 else None
         self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
         self.step = 0
         self._resume()

@@ -10,10 +10,10 @@ the sum of 64 of them is off by ~1e-3, in fp32 by ~1e-7.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -82,32 +82,63 @@ def ds_masters(engine, stage: int) -> dict[str, torch.Tensor]:
     return {n: safe_get_full_fp32_param(p).detach().clone().view(p.shape) for n, p in named.items()}
 
 
+@contextlib.contextmanager
+def counting_collectives():
+    """Counts the torch.distributed collectives called inside (the list's one element)."""
+    names = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor")
+    originals, count = {name: getattr(dist, name) for name in names}, [0]
+
+    def counted(original):
+        def call(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+        return call
+
+    for name, original in originals.items():
+        setattr(dist, name, counted(original))
+    try:
+        yield count
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+
+
 def check(stage: int, topo) -> dict:
     from safetensors.torch import load_file
 
     from dsl_scale.checkpoint.manager import Checkpointer
     from dsl_scale.parallel import engine as engine_lib
-    from dsl_scale.parallel.masters import full_masters, local_masters
+    from dsl_scale.parallel.masters import full_masters, weight_source
     from dsl_scale.train.ema import EMA, local_tensor
 
     model = Tiny(torch.Generator(device="cpu").manual_seed(7))
     start = torch.cat([model.a.detach(), model.b.detach()]).clone()
     engine = engine_lib.build_engine(model, config(stage, topo.dp), topo)
     engine_lib.skip_single_replica_allreduce(engine, topo.dp, stage)
-    ema = EMA(engine.module, DECAY, masters=partial(local_masters, engine))
-    before = {n: t.clone() for n, t in ema.shadow.items()}
+    ema = EMA(weight_source(engine), DECAY)
+    before = {n: t.clone() for n, t in ema.state_dict().items()}  # by name, as saved (ZeRO-1/2: gathered)
     norm = None
     for row in inputs(topo.dp_rank).bfloat16().split(1):
         engine.backward(engine(row))
         norm = engine_lib.step(engine, topo.tp_rank, CLIP)
-    ema.update()
+    with counting_collectives() as collectives:
+        ema.update()
+    after = ema.state_dict()
+    reloaded = EMA(weight_source(engine), DECAY)  # the current masters, then the saved average loaded over them
+    reloaded.load_state_dict(after)
+    round_trip = reloaded.state_dict()
 
     masters = ds_masters(engine, stage)
     from_masters = {n: before[n].lerp(masters[n], 1 - DECAY) for n in before}
     from_bf16 = {n: before[n].lerp(local_tensor(p).float(), 1 - DECAY) for n, p in engine.module.named_parameters()}
     result = {"stage": stage, "grad_norm": norm, "optimizer": type(engine.optimizer).__name__,
-              "ema_is_from_masters": all(torch.equal(ema.shadow[n], from_masters[n]) for n in before),
-              "ema_is_from_bf16": all(torch.equal(ema.shadow[n], from_bf16[n]) for n in before)}
+              "ema_is_from_masters": all(torch.equal(after[n], from_masters[n]) for n in before),
+              "ema_is_from_bf16": all(torch.equal(after[n], from_bf16[n]) for n in before),
+              "ema_update_collectives": collectives,
+              "ema_held_elements": sum(t.numel() for t in ema.shadow.values()),
+              "ema_saved_elements": sum(t.numel() for t in after.values()),
+              "ema_round_trip": sorted(round_trip) == sorted(after)
+              and all(torch.equal(round_trip[n], after[n]) for n in after)}
 
     full = full_masters(engine)
     with tempfile.TemporaryDirectory() as tmp:

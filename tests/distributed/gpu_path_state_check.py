@@ -33,7 +33,7 @@ def report(cfg) -> None:
         "param_dtypes": sorted({str(p.dtype) for p in engine.module.parameters()}),
         "moments": moments,
         "adam_steps": sorted({float(state["step"]) for state in optimizer.state.values() if "step" in state}),
-        "ema": {name: describe(value) for name, value in trainer.ema.shadow.items()},
+        "ema": {name: describe(value) for name, value in trainer.ema.state_dict().items()},
     }), flush=True)
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dsl_scale.checkpoint import layout
 from tests.launching import REPO, env, micro_run, run
 
 pytestmark = pytest.mark.distributed
@@ -85,3 +86,29 @@ def test_layout_free_resume_writes_fp32_moments_where_adamw_reads_them(wiki_shar
     _, checkpoint, reference = bf16_run
     convert(checkpoint, tmp_path / "resumed", "--to", "deepspeed")
     check(resumed_state(wiki_shards, tmp_path / "resumed", **{"parallel.zero_stage": zero_stage}), reference)
+
+
+@pytest.mark.slow
+def test_zero2_bf16_ema_sharded_over_two_ranks_is_saved_whole_and_resumes_exactly(wiki_shards, tmp_path):
+    """Each rank averages only its fp32 partition; a checkpoint gathers them by name and a resume scatters them
+    back: 4 steps straight and 2 + 2 with a restart save the same EMA, bit for bit, unlike the module's weights
+    would (the EMA moved off its start)."""
+    common = {"train.ema": 0.9, "train.precision": "bf16", "parallel.zero_stage": 2}
+
+    def ema_at(run_dir, step: int) -> dict[str, torch.Tensor]:
+        path = run_dir / "checkpoints" / f"step_{step:08d}" / layout.ema_name(0, 0, 0)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    run("torchrun", "pretrain.py", 2, micro_run(wiki_shards, tmp_path / "straight", 4,
+                                                **{**common, "train.save_every": 2}))
+    run("torchrun", "pretrain.py", 2, micro_run(wiki_shards, tmp_path / "restarted", 2,
+                                                **{**common, "train.save_every": 2}))
+    run("torchrun", "pretrain.py", 2, micro_run(wiki_shards, tmp_path / "restarted", 4,
+                                                **{**common, "train.save_every": 2}))
+    straight, restarted = ema_at(tmp_path / "straight", 4), ema_at(tmp_path / "restarted", 4)
+    assert sorted(straight) == sorted(restarted) and straight
+    assert not (tmp_path / "straight" / "checkpoints" / f"step_{4:08d}" / layout.ema_name(0, 0, 1)).exists()
+    for name, value in straight.items():
+        assert value.dtype == torch.float32 and torch.equal(value, restarted[name]), name
+    earlier = ema_at(tmp_path / "straight", 2)
+    assert any(not torch.equal(earlier[n], straight[n]) for n in straight)

@@ -82,21 +82,54 @@ def test_the_zero1_patch_undoes_cleanly():
     assert DeepSpeedEngine._do_optimizer_sanity_check is original
 
 
-def test_ema_averages_the_masters_and_falls_back_to_the_module_without_them():
-    module = torch.nn.Linear(3, 2).to(torch.bfloat16)
-    masters = {n: p.detach().float() + 1e-3 for n, p in module.named_parameters()}  # not bf16-representable
-    ema = EMA(module, 0.75, masters=lambda: masters)
-    for name, master in masters.items():
-        assert torch.equal(ema.shadow[name], master)
-    updated = {n: m + 0.5 for n, m in masters.items()}
-    ema.masters = lambda: updated
-    ema.update()
-    for name, master in masters.items():
-        assert torch.equal(ema.shadow[name], master.lerp(updated[name], 0.25))
+class Held:
+    """A WeightSource over given tensors, keyed as a sharded optimizer might key them (not by parameter name)."""
 
-    plain = EMA(module, 0.75, masters=lambda: None)  # fp32 training: the module's weights are the masters
-    for name, param in module.named_parameters():
-        assert torch.equal(plain.shadow[name], param.detach().float())
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        self.weights = weights
+
+    def local(self) -> dict[str, torch.Tensor]:
+        return self.weights
+
+    def to_named(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"param.{k}": v.clone() for k, v in local.items()}
+
+    def from_named(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("param."): v for k, v in named.items()}
+
+
+def test_ema_averages_what_its_source_holds_and_saves_and_loads_through_its_names():
+    masters = {"g0": torch.randn(5, dtype=torch.float64).float() + 1e-3, "g1": torch.randn(3)}
+    source = Held(masters)
+    ema = EMA(source, 0.75)
+    assert all(torch.equal(ema.shadow[k], m) and ema.shadow[k] is not m for k, m in masters.items())
+    updated = {k: m + 0.5 for k, m in masters.items()}
+    source.weights = updated
+    ema.update()
+    expected = {k: m.lerp(updated[k], 0.25) for k, m in masters.items()}
+    assert all(torch.equal(ema.shadow[k], expected[k]) for k in masters)
+    state = ema.state_dict()
+    assert sorted(state) == ["param.g0", "param.g1"]
+    fresh = EMA(Held({k: torch.zeros_like(m) for k, m in masters.items()}), 0.75)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.shadow[k], expected[k]) for k in masters)
+
+
+def test_ema_of_a_module_without_masters_averages_its_weights_and_names_missing_ones(process_group, monkeypatch):
+    from dsl_scale.parallel.masters import NamedWeights, weight_source
+
+    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    cfg = config("fp32", 0)
+    cfg.train.global_batch = cfg.train.micro_batch = 1
+    engine = engine_lib.build_engine(torch.nn.Linear(3, 2), cfg, ONE_RANK)
+    source = weight_source(engine)
+    assert isinstance(source, NamedWeights)
+    ema = EMA(source, 0.75)  # fp32 training: the module's weights are the masters
+    for name, param in engine.module.named_parameters():
+        assert torch.equal(ema.shadow[name], param.detach().float())
+    with pytest.raises(KeyError, match="EMA state lacks parameters: \\['bias'\\]"):
+        ema.load_state_dict({"weight": torch.zeros(2, 3)})
 
 
 def test_a_non_finite_gradient_skips_the_step_under_bf16_without_zero(process_group, monkeypatch):
