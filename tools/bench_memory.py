@@ -1,4 +1,4 @@
-"""Per-rank bytes of parameters, gradients and optimizer state, measured from live DeepSpeed engines,
+"""Per-rank bytes of parameters, gradients, optimizer state and EMA, measured from live DeepSpeed engines,
 beside the ZeRO / tensor-parallel theory.
 
     python tools/bench_memory.py [--model micro] [--startup-model medium] [--only components|startup] [--json]
@@ -6,8 +6,8 @@ beside the ZeRO / tensor-parallel theory.
 Each layout runs as its own `torchrun` job (one training step on random tokens, fp32, AdamW). Theory for
 Ψ parameters on a rank after tensor/pipeline splitting, DP size N: parameters 4Ψ (ZeRO-3: 4Ψ/N),
 gradients 4Ψ (ZeRO-2/3: 4Ψ/N), optimizer 8Ψ for Adam's moments (ZeRO-1+: 12Ψ/N, the moments plus the
-fp32 partition DeepSpeed optimises). ZeRO-3 is measured with a persistence threshold of 0, so every
-parameter is partitioned. Buffers for communication buckets are not counted.
+fp32 partition DeepSpeed optimises), EMA 4Ψ (ZeRO-1+: 4Ψ/N, kept of the fp32 partitions). ZeRO-3 is measured
+with a persistence threshold of 0, so every parameter is partitioned. Buffers for communication buckets are not counted.
 
 Start-up rows (`pp1`, `pp2`: two ranks, data- or pipeline-parallel, `--startup-model`): the peak resident
 memory of each rank from process start to just before its first step (model built, engine ready), the
@@ -80,6 +80,7 @@ def theory(local_params: int, dp: int, zero: int) -> dict[str, int]:
         "params": 4 * local_params // (dp if zero == 3 else 1),
         "grads": 4 * local_params // (dp if zero >= 2 else 1),
         "optimizer": 8 * local_params if zero == 0 else 12 * local_params // dp,
+        "ema": 4 * local_params // (dp if zero >= 1 else 1),  # sharded as the fp32 masters are
     }
 
 
@@ -92,7 +93,9 @@ def worker(model: str, tp: int, zero: int) -> None:
     from dsl_scale.model.factory import build_dit
     from dsl_scale.parallel import cpu_compat
     from dsl_scale.parallel.engine import build_engine
+    from dsl_scale.parallel.masters import weight_source
     from dsl_scale.parallel.topology import init_process_groups, prepare_environment
+    from dsl_scale.train.ema import EMA
 
     prepare_environment()
     register_configs()
@@ -116,6 +119,7 @@ def worker(model: str, tp: int, zero: int) -> None:
         measured = {k: max(v, measured.get(k, 0)) for k, v in now.items()}
         engine.step()
     measured["optimizer"] = measure_optimizer(engine, zero)
+    measured["ema"] = _storage_bytes(EMA(weight_source(engine), 0.999).shadow.values())
     if topo.rank == 0:
         print("ROW " + json.dumps({"measured": measured, "theory": theory(local_params, topo.dp, zero)}))
 
@@ -210,7 +214,7 @@ def component_rows(model: str, env: dict[str, str]) -> list[dict]:
     print(f"{'layout':<12} {'component':<10} {'measured':>14} {'theory':>14} {'ratio':>7}")
     for name, ranks, tp, zero in LAYOUTS:
         row = run_worker(["--model", model, "--worker", str(tp), str(zero)], ranks, env)
-        for part in ("params", "grads", "optimizer"):
+        for part in ("params", "grads", "optimizer", "ema"):
             m, t = row["measured"][part], row["theory"][part]
             print(f"{name:<12} {part:<10} {m:>14,} {t:>14,} {m / t:>7.3f}")
         measured, expected = sum(row["measured"].values()), sum(row["theory"].values())

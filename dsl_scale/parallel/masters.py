@@ -1,14 +1,15 @@
 """The fp32 master weights DeepSpeed keeps for bf16 parameters, by parameter name: what the EMA averages and
 what the final weights are written from (the bf16 module weights are their rounded copies).
 
-fp32 training has no separate masters (the module's weights are what AdamW updates): the functions here
-return None, and callers read the module.
+In fp32 training the module's weights hold the masters' values: `local_masters` and `full_masters` return None,
+and callers read the module.
 
-What the EMA averages is a `WeightSource`: the tensors this rank holds, keyed so that no collective is needed to
-read them each step, and their conversion to and from whole named tensors for checkpoints. At ZeRO-1/2 under bf16
-these are the rank's flat fp32 partitions (`ZeroPartitions`): the EMA then costs 4Ψ/N bytes per rank and no
-communication per step; a checkpoint all-gathers them once.
-"""
+What the EMA averages is a `WeightSource` (`weight_source(engine)`): the tensors this rank holds, keyed so that
+reading them each step needs no collective, and their conversion to and from whole named tensors for checkpoints.
+At ZeRO-1/2 these are the rank's flat fp32 partitions, which AdamW steps in bf16 and in fp32 training alike
+(`ZeroPartitions`): the EMA costs 4Ψ/N bytes per rank and no communication per step; a checkpoint all-gathers it
+once. Elsewhere they are per parameter (`NamedWeights`: the module's weights, or bf16's masters; ZeRO-3's
+partitions)."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ class NamedWeights:
 
 
 class ZeroPartitions:
-    """ZeRO-1/2 under bf16: flat group i → this rank's fp32 partition of it, keyed `zero_group_{i}`."""
+    """ZeRO-1/2: flat group i → this rank's fp32 partition of it (what AdamW steps), keyed `zero_group_{i}`."""
 
     def __init__(self, engine):
         patches.require(REQUIREMENT)
@@ -191,7 +192,7 @@ class ZeroPartitions:
 
 
 def weight_source(engine) -> WeightSource:
-    """What the EMA of `engine`'s parameters averages (see the module's docstring)."""
-    bf16_zero12 = (engine.bfloat16_enabled() and engine.zero_optimization()
-                   and engine.zero_optimization_stage() in (1, 2))
-    return ZeroPartitions(engine) if bf16_zero12 else NamedWeights(engine)
+    """What the EMA of `engine`'s parameters averages (see the module's docstring). ZeRO-1/2 keep fp32 partitions
+    in fp32 training too (the module's weights are all-gathered copies of them), so the EMA shards there alike."""
+    zero12 = engine.zero_optimization() and engine.zero_optimization_stage() in (1, 2)
+    return ZeroPartitions(engine) if zero12 else NamedWeights(engine)
