@@ -76,6 +76,9 @@ def hydra_main(run: Callable, config_name: str, register: Callable[[], None]) ->
     """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore."""
     from dsl_scale.parallel.topology import prepare_environment
 
+    if not os.path.isdir(CONFIG_DIR):  # a non-editable install: the configs stay in the checkout
+        raise SystemExit(f"dsl_scale's Hydra configs are not at {CONFIG_DIR}: the package runs from a checkout "
+                         "(tools/setup.sh, or `pip install -e .` in it), not from a copied wheel")
     sys.argv = strip_launcher_args(sys.argv)
     slurm_environment()
     check_ranks_per_node()

@@ -64,3 +64,13 @@ def test_pipeline_stages_accept_every_zero_stage():
 def test_deepspeed_local_rank_argument_is_removed():
     assert strip_launcher_args(["x.py", "--local_rank=1", "a=b"]) == ["x.py", "a=b"]
     assert strip_launcher_args(["x.py", "--local_rank", "0", "a=b"]) == ["x.py", "a=b"]
+
+
+def test_a_launcher_without_its_configs_says_where_it_looked(monkeypatch, tmp_path):
+    from dsl_scale import launch
+
+    monkeypatch.setattr(launch, "CONFIG_DIR", str(tmp_path / "site-packages" / "configs"))
+    ran = []
+    with pytest.raises(SystemExit, match="configs are not at .*site-packages/configs.*pip install -e"):
+        launch.hydra_main(ran.append, "config", register_configs)
+    assert not ran
