@@ -24,6 +24,15 @@ def config(precision: str, zero_stage: int) -> Config:
     return cfg
 
 
+def one_rank_engine(module: torch.nn.Module, precision: str, monkeypatch):
+    """A ZeRO-0 engine of one rank, one example per step (needs the process_group fixture)."""
+    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    cfg = config(precision, 0)
+    cfg.train.global_batch = cfg.train.micro_batch = 1
+    return engine_lib.build_engine(module, cfg, ONE_RANK)
+
+
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 def test_bf16_accumulates_and_reduces_in_fp32(zero_stage):
     ds = engine_lib.deepspeed_config(config("bf16", zero_stage), ONE_RANK)
@@ -118,11 +127,7 @@ def test_ema_averages_what_its_source_holds_and_saves_and_loads_through_its_name
 def test_ema_of_a_module_without_masters_averages_its_weights_and_names_missing_ones(process_group, monkeypatch):
     from dsl_scale.parallel.masters import NamedWeights, weight_source
 
-    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
-        monkeypatch.setenv(name, value)
-    cfg = config("fp32", 0)
-    cfg.train.global_batch = cfg.train.micro_batch = 1
-    engine = engine_lib.build_engine(torch.nn.Linear(3, 2), cfg, ONE_RANK)
+    engine = one_rank_engine(torch.nn.Linear(3, 2), "fp32", monkeypatch)
     source = weight_source(engine)
     assert isinstance(source, NamedWeights)
     ema = EMA(source, 0.75)  # fp32 training: the module's weights are the masters
@@ -136,11 +141,7 @@ def test_a_non_finite_gradient_skips_the_step_under_bf16_without_zero(process_gr
     """As DeepSpeed's bf16 wrapper skips a step on a non-finite bf16 gradient, so with the fp32 accumulators."""
     from dsl_scale.parallel.masters import local_masters
 
-    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
-        monkeypatch.setenv(name, value)
-    cfg = config("bf16", 0)
-    cfg.train.global_batch = cfg.train.micro_batch = 1
-    engine = engine_lib.build_engine(torch.nn.Linear(4, 1), cfg, ONE_RANK)
+    engine = one_rank_engine(torch.nn.Linear(4, 1), "bf16", monkeypatch)
     before = {n: m.clone() for n, m in local_masters(engine).items()}
     for value, skipped in ((float("inf"), 1), (1.0, 1)):
         engine.backward(engine(torch.full((1, 4), value, dtype=torch.bfloat16, device="cpu")).sum())
