@@ -59,6 +59,11 @@ def full_masters(engine) -> dict[str, torch.Tensor] | None:
             for name, p in _trainable(engine.module)}
 
 
+def local_tensor(param: torch.nn.Parameter) -> torch.Tensor:
+    """What this rank holds of `param`: its ZeRO-3 partition while DeepSpeed partitions it, else the whole."""
+    return getattr(param, "ds_tensor", param).data
+
+
 def _trainable(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
@@ -143,7 +148,7 @@ class NamedWeights:
         masters = local_masters(self.engine)
         if masters is not None:
             return masters
-        return {n: getattr(p, "ds_tensor", p).data for n, p in self.params}
+        return {n: local_tensor(p) for n, p in self.params}
 
     def to_named(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(local)
@@ -184,10 +189,14 @@ class ZeroPartitions:
         local = {}
         for i, mine in enumerate(self.optimizer.single_partition_of_fp32_groups):
             start = dist.get_rank(self.optimizer.real_dp_process_group[i]) * mine.numel()
-            whole = torch.zeros(self.optimizer.bit16_groups_flat[i].numel(), dtype=mine.dtype, device=mine.device)
+            end = start + mine.numel()
+            part = torch.zeros_like(mine)  # the group's tail padding stays zero
             for param, offset in _offsets(self.optimizer, i):
-                whole[offset:offset + param.numel()] = named[self.names[id(param)]].reshape(-1).to(whole)
-            local[f"zero_group_{i}"] = whole[start:start + mine.numel()].clone()
+                low, high = max(offset, start), min(offset + param.numel(), end)
+                if low < high:  # the piece of this parameter inside the rank's partition
+                    value = named[self.names[id(param)]].reshape(-1)
+                    part[low - start:high - start] = value[low - offset:high - offset].to(part)
+            local[f"zero_group_{i}"] = part
         return local
 
 

@@ -9,10 +9,6 @@ import torch
 from dsl_scale.parallel.masters import WeightSource
 
 
-def local_tensor(param: torch.nn.Parameter) -> torch.Tensor:
-    return getattr(param, "ds_tensor", param).data
-
-
 class EMA:
     def __init__(self, source: WeightSource, decay: float):
         """`source`: parallel/masters.py's `weight_source(engine)`, or any WeightSource."""
@@ -27,7 +23,7 @@ class EMA:
             shadow.lerp_(weights[key].float(), 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameter name → the average (a collective at ZeRO-1/2 under bf16: call on every data-parallel rank)."""
+        """Parameter name → the average (a collective at ZeRO-1/2: call on every data-parallel rank)."""
         return self.source.to_named(self.shadow)
 
     @torch.no_grad()

@@ -108,8 +108,8 @@ def check(stage: int, topo) -> dict:
 
     from dsl_scale.checkpoint.manager import Checkpointer
     from dsl_scale.parallel import engine as engine_lib
-    from dsl_scale.parallel.masters import full_masters, weight_source
-    from dsl_scale.train.ema import EMA, local_tensor
+    from dsl_scale.parallel.masters import full_masters, local_tensor, weight_source
+    from dsl_scale.train.ema import EMA
 
     model = Tiny(torch.Generator(device="cpu").manual_seed(7))
     start = torch.cat([model.a.detach(), model.b.detach()]).clone()
