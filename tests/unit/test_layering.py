@@ -1,4 +1,4 @@
-"""The floor plan (README "Layout"): a package imports only from packages below it, lazily or not."""
+"""The floor plan (docs/internals.md, "Layout"): a package imports only from packages below it, lazily or not."""
 
 from __future__ import annotations
 

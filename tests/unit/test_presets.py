@@ -1,4 +1,5 @@
-"""The GPU presets (configs/preset/) and the README's cluster commands validate at the world size they state;
+"""The GPU presets (configs/preset/) and the documented cluster commands (README.md, docs/clusters.md)
+validate at the world size they state;
 a preset at another world size fails with the key's name before anything runs."""
 
 from __future__ import annotations
@@ -88,13 +89,13 @@ def test_ranks_per_node_must_divide_the_world_and_fit_the_gpus():
         check_ranks_per_node({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}, visible_gpus=4)
 
 
-# --- the README's cluster commands ---------------------------------------------------------------------------
+# --- the documented cluster commands ---------------------------------------------------------------------------
 
 
 def readme_commands(program: str) -> list[list[str]]:
-    """Every command in README.md's bash blocks that starts with `program` (continuation lines joined,
-    comments dropped), split into words."""
-    text = (REPO / "README.md").read_text()
+    """Every command in the bash blocks of README.md and docs/clusters.md that starts with `program`
+    (continuation lines joined, comments dropped), split into words."""
+    text = (REPO / "README.md").read_text() + (REPO / "docs" / "clusters.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -105,7 +106,7 @@ def readme_commands(program: str) -> list[list[str]]:
 
 
 def test_the_readmes_gpu_cluster_section_has_the_commands():
-    section = (REPO / "README.md").read_text().split("## On a GPU cluster", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "clusters.md").read_text().split("## On a GPU cluster", 1)[1].split("\n## ", 1)[0]
     assert "sbatch --nodes=4 --gpus-per-node=8" in section and "deepspeed --num_gpus 8" in section
     assert "estimate" in section and "not measured" in section
 
