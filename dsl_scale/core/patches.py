@@ -63,6 +63,10 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "dsl_scale.checkpoint.reshard",
           "AdamW moments written into ZeRO's optimizer internals (single_partition_of_fp32_groups, "
           "bit16_groups, _hp_mapping fragment addresses, fp32_partitioned_groups_flat, set_full_hp_param)"),
+    Entry("deepspeed-zero-init-factories", REQUIREMENT, "deepspeed", ">=0.19,<0.20", "dsl_scale.parallel.zero_init",
+          "zero.Init's tensor-factory wrappers suspended while a parameter is initialised "
+          "(partition_parameters.top_level_context, shutdown_init_context, restore_init_context), so the draws "
+          "are fp32 on the host"),
     Entry("deepspeed-engine-backward-allreduce", REQUIREMENT, "deepspeed", ">=0.19,<0.20",
           "dsl_scale.parallel.engine",
           "engine.enable_backward_allreduce set to False to skip the no-op gradient all-reduce of one replica"),

@@ -109,9 +109,10 @@ class DiT(nn.Module):
         model may not be on its device yet, nor every TP rank building it now)."""
         model_init.initialize(self, seed, self.config.tensor_model_parallel_size, whole)
         if hasattr(self, "converter"):
-            mask_row = model_init.embedding_rows(seed, self.cfg.vocab_size, self.cfg.hidden, self.cfg.mask_id)[0]
             with whole([self.vocab_embed.weight, self.converter.token_weight, self.converter.mask_weight]):
-                self.init_converter(mask_row)
+                # drawn inside `whole`: a partitioning build context's factories are suspended there
+                mask_row = model_init.embedding_rows(seed, self.cfg.vocab_size, self.cfg.hidden, self.cfg.mask_id)
+                self.init_converter(mask_row[0])
 
     @property
     def vocab_range(self) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +32,10 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10_000.0):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        # the exponents from NumPy: a partitioning build context (ZeRO-3's zero.Init) casts what torch's
+        # factories make to the training dtype, and bf16 frequencies put angles off by up to 0.45 rad at L = 1024
+        exponents = torch.from_numpy(np.arange(0, head_dim, 2, dtype=np.float32)) / head_dim
+        inv_freq = 1.0 / (base ** exponents)
         self.register_buffer("inv_freq", inv_freq, persistent=True)
 
     def cos_sin(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

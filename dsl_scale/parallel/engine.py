@@ -9,7 +9,7 @@ import torch
 
 from dsl_scale.config import Config
 from dsl_scale.core import patches
-from dsl_scale.core.device import collective_device
+from dsl_scale.core.device import collective_device, compute_device
 from dsl_scale.parallel.topology import MegatronMPU, Topology, on_gpu
 
 
@@ -155,6 +155,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
         mpu=MegatronMPU(),
         lr_scheduler=lambda optimizer: warmup_then_constant(optimizer, cfg.optim.warmup_steps),
     )
+    buffers_to(engine.module, compute_device())  # ZeRO-3: DeepSpeed does not move a zero.Init model
     if bf16 and cfg.parallel.zero_stage == 0:
         from megatron.core import parallel_state as ps
 
@@ -162,6 +163,19 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
 
         setattr(engine, FP32_GRADIENTS, Fp32Gradients(engine, ps.get_data_parallel_group()))
     return engine
+
+
+def buffers_to(module: torch.nn.Module, device: torch.device) -> list[str]:
+    """Move every buffer of `module` to `device`, keeping its dtype; returns the names moved. DeepSpeed leaves a
+    zero.Init model's buffers where they were made (it skips `module.to(device)` for it), and some are made on
+    the host whatever the build context (the DSL converter's keys, from NumPy)."""
+    moved = []
+    for owner_name, owner in module.named_modules():
+        for name, buffer in list(owner._buffers.items()):
+            if buffer is not None and buffer.device != device:
+                owner._buffers[name] = buffer.to(device)
+                moved.append(f"{owner_name}.{name}" if owner_name else name)
+    return moved
 
 
 FP32_GRADIENTS = "dsl_scale_fp32_gradients"  # the engine's Fp32Gradients under bf16 without ZeRO
