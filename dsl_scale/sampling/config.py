@@ -26,6 +26,20 @@ class SamplerSchema:
     # top-p rule (sampling/steps.py): reference = kuleshov-group/remdm's (cumulative mass ≤ p, plus the
     # top-1); crossing = also the token that crosses p (the smallest set whose mass reaches p)
     nucleus: str = choice("reference", "reference", "crossing")
+    # every token draw reads softmax(logits / temperature) (then the nucleus); 1 = the model's own x_θ. The
+    # model's confidence that remasking and unmasking orders read stays the untempered softmax.
+    temperature: float = 1.0
+
+
+@dataclass
+class ConfidenceUnmaskSampler(SamplerSchema):
+    """confidence_unmask (sampling/unmask.py): LLaDA's low-confidence rule, as fengsxy/DSL-LLaDA's "standard"
+    decoder runs it: each step draws x0 at every masked position (argmax at temperature 0), then unmasks the
+    k most confident of them; a visible token is never revisited."""
+
+    temperature: float = 0.0  # 0: greedy (LLaDA's and DSL-LLaDA's setting); > 0: x0 ~ softmax(logits/τ)
+    # DSL checkpoints: feed visible tokens through the converter at this SNR (sampling/visible_channel.py)
+    visible_snr: float | None = None
 
 
 @dataclass
@@ -66,10 +80,19 @@ class LocalizationPath:
 
 @dataclass
 class ContinuousSampler(LocalizationPath, SamplerSchema):
-    """dsl_continuous."""
+    """dsl_continuous. The last four fields give fengsxy/DSL-LLaDA's SDE settings as options
+    (configs/sampler/dsl_llada_sde.yaml; sampling/continuous.py)."""
 
     # last SNR, where the final argmax is taken; null: where the posterior has settled (continuous.snr_window)
     s_max: float | None = None
+    # log: T log-spaced SNRs over [s_min, s_max]; dsl_llada: DSL-LLaDA's "sensitive" schedule (5 % of the steps
+    # log-spaced over [0.01, 7], 90 % over [7, 74], the rest over [74, 100]; s_min / s_max are not read)
+    snr_schedule: str = choice("log", "log", "dsl_llada")
+    # fixed: g = noise_scale; dsl_llada: g from the NFE as DSL-LLaDA's adaptive rule sets it (0.1 at NFE <= 8,
+    # 0.05 <= 16, 0.01 <= 32, else 0.005)
+    noise_rule: str = choice("fixed", "fixed", "dsl_llada")
+    x_hat_top_k: int = 0  # > 0: x̂ over the k most probable tokens, renormalised (DSL-LLaDA: 512), not top-p
+    beta_scale: float = 1.0  # the converter's β times this at inference (DSL-LLaDA: 2 × its trained β)
 
 
 @dataclass
@@ -80,11 +103,23 @@ class HybridSampler(LocalizationPath, LoopSampler):
     draft_snr: float = 20.0  # dsl_hybrid: the SNR the continuous steps reach
 
 
+@dataclass
+class ARSampler(SamplerSchema):
+    """ar: ancestral left-to-right sampling of an objective=ar checkpoint (sampling/autoregressive.py); `steps`
+    is not read (NFE = L − 1 per sequence, no KV cache)."""
+
+
 SAMPLER_SCHEMAS: dict[str, type[SamplerSchema]] = {
+    "ar": ARSampler, "confidence_unmask": ConfidenceUnmaskSampler,
     "mdlm": SamplerSchema, "remdm_conf": SamplerSchema, "remdm_cap": RemaskingSampler,
     "remdm_rescale": RemaskingSampler, "remdm_loop": LoopSampler, "dsl_continuous": ContinuousSampler,
     "dsl_hybrid": HybridSampler, "remdm_confidence": ConfidenceSampler,
 }
+
+
+# Named settings of a sampler (configs/sampler/PRESET.yaml sets `name` to the sampler it configures): the preset
+# name is composed over that sampler's schema.
+SAMPLER_PRESETS: dict[str, str] = {"remdm_loop_short": "remdm_loop", "dsl_llada_sde": "dsl_continuous"}
 
 
 @dataclass
@@ -92,6 +127,7 @@ class SamplerConfig(HybridSampler, ContinuousSampler, ConfidenceSampler):
     """Every sampler's fields in one (each sampler reads those it needs), for configs built in code."""
 
     name: str = "mdlm"
+    temperature: float = 1.0
 
 
 @dataclass
@@ -130,6 +166,11 @@ def validate_sample_config(cfg: SampleConfig, known_samplers: tuple[str, ...]) -
         raise ValueError("steps and batch_size must be >= 1 and num_samples >= 0")
     if not 0 < cfg.top_p <= 1:
         raise ValueError(f"top_p={cfg.top_p} must be in (0, 1]")
+    temperature = getattr(s, "temperature", 1.0)
+    if temperature < 0 or (temperature == 0 and s.name != "confidence_unmask"):
+        raise ValueError(f"sampler.temperature={temperature} must be > 0 (0, greedy, only for confidence_unmask)")
+    if isinstance(s, ContinuousSampler) and (s.x_hat_top_k < 0 or not s.beta_scale > 0):
+        raise ValueError(f"need sampler.x_hat_top_k={s.x_hat_top_k} >= 0 and sampler.beta_scale={s.beta_scale} > 0")
     if isinstance(s, RemaskingSampler) and s.eta < 0:
         raise ValueError(f"sampler.eta={s.eta} must be >= 0")
     if isinstance(s, LoopSampler) and (not 0 < s.t_off < s.t_on < 1 or not 0 < s.alpha_on < 1):
@@ -162,3 +203,5 @@ def register_sample_configs() -> None:
     store.store(name="sample_schema", node=schema)
     for name, cls in SAMPLER_SCHEMAS.items():
         store.store(group="sampler_schema", name=name, node=cls(name=name))
+    for preset, name in SAMPLER_PRESETS.items():
+        store.store(group="sampler_schema", name=preset, node=SAMPLER_SCHEMAS[name](name=name))

@@ -71,6 +71,27 @@ def snr_points(steps: int, s_min: float, s_max: float) -> list[float]:
     return torch.logspace(math.log10(s_min), math.log10(s_max), steps, dtype=torch.float64, device="cpu").tolist()
 
 
+def dsl_llada_snr_points(steps: int) -> list[float]:
+    """fengsxy/DSL-LLaDA's "sensitive" SNR schedule with `steps` points: of its steps − 1 intervals, ⌊5 %⌋
+    (at least one) log-spaced over [0.01, 7], ⌊90 %⌋ (at least one) over [7, 74], the rest over [74, 100]
+    (there, a schedule of n Heun steps has n + 1 points from 0.01). Needs steps >= 3."""
+    if steps < 3:
+        raise ValueError(f"snr_schedule=dsl_llada needs steps >= 3 (two log segments), got {steps}")
+    intervals = steps - 1
+    n1, n2 = max(1, int(intervals * 0.05)), max(1, int(intervals * 0.90))
+    n3 = intervals - n1 - n2
+
+    def segment(lo: float, hi: float, k: int) -> list[float]:
+        return torch.logspace(math.log10(lo), math.log10(hi), k + 1, dtype=torch.float64, device="cpu").tolist()
+
+    return segment(0.01, 7.0, n1) + segment(7.0, 74.0, n2)[1:] + (segment(74.0, 100.0, n3)[1:] if n3 > 0 else [])
+
+
+def dsl_llada_noise_scale(nfe: int) -> float:
+    """DSL-LLaDA's noise scale for a budget of `nfe` evaluations (its adaptive rule)."""
+    return 0.1 if nfe <= 8 else 0.05 if nfe <= 16 else 0.01 if nfe <= 32 else 0.005
+
+
 def noise_std(s0: float, s1: float, g: float) -> float:
     """Standard deviation of the Brownian increment g·(W_{s1} − W_{s0}) per dimension."""
     return g * math.sqrt(s1 - s0)
@@ -85,13 +106,19 @@ def heun_step(z: torch.Tensor, s0: float, s1: float, x_hat: PosteriorMean, xi: t
     return z + 0.5 * h * (f0 + x_hat(predicted)) + xi
 
 
-def posterior_mean(logits: torch.Tensor, keys: torch.Tensor, top_p: float, nucleus: str = "reference") -> torch.Tensor:
-    """x̂ = Σ_v p(v) K_v with p the nucleus of softmax(logits) (logits [n, L, V], [MASK] suppressed). One
+def posterior_mean(logits: torch.Tensor, keys: torch.Tensor, top_p: float, nucleus: str = "reference",
+                   top_k: int = 0) -> torch.Tensor:
+    """x̂ = Σ_v p(v) K_v with p the nucleus of softmax(logits) (logits [n, L, V], [MASK] suppressed), or, with
+    top_k > 0, the k most probable tokens' softmax renormalised (DSL-LLaDA's x̂; top_p then unused). One
     sequence at a time, so a row's rounding does not depend on the batch."""
     k = keys.double()
     out = []
     for seq in logits:
-        if top_p >= 1.0:
+        if top_k > 0:
+            probs = torch.softmax(seq.double(), dim=-1)
+            top, ids = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            out.append(((top / top.sum(-1, keepdim=True))[..., None] * k[ids]).sum(-2))
+        elif top_p >= 1.0:
             out.append(torch.softmax(seq.double(), dim=-1) @ k)
         else:
             out.append(torch.stack([probs @ k[ids] for ids, probs in nucleus_rows(seq, top_p, nucleus)]))
@@ -101,17 +128,20 @@ def posterior_mean(logits: torch.Tensor, keys: torch.Tensor, top_p: float, nucle
 class Localizer:
     """x̂ and x_θ logits from a continuous denoiser, counting evaluations per sequence."""
 
-    def __init__(self, denoise: ContinuousDenoiser, mask_id: int, top_p: float, nucleus: str = "reference"):
+    def __init__(self, denoise: ContinuousDenoiser, mask_id: int, top_p: float, nucleus: str = "reference",
+                 temperature: float = 1.0, top_k: int = 0, beta_scale: float = 1.0):
         self.denoise, self.mask_id, self.top_p, self.nucleus = denoise, mask_id, top_p, nucleus
+        self.temperature, self.top_k, self.beta_scale = temperature, top_k, beta_scale
         self.keys = require_keys(denoise)
         self.calls = 0
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return suppress_mask_logit_(self.denoise.from_z(z.float()).float(), self.mask_id)
+        with sharpened(self.denoise, self.beta_scale):
+            return suppress_mask_logit_(self.denoise.from_z(z.float()).float(), self.mask_id)
 
     def x_hat(self, z: torch.Tensor) -> torch.Tensor:
-        return posterior_mean(self.logits(z), self.keys, self.top_p, self.nucleus)
+        return posterior_mean(self.logits(z) / self.temperature, self.keys, self.top_p, self.nucleus, self.top_k)
 
     def grid(self, steps: int, s_min: float | None, s_max: float | None) -> list[float]:
         """`steps` log-spaced SNRs over [s_min, s_max], each bound from `snr_window` where not given."""
@@ -121,6 +151,27 @@ class Localizer:
             raise ValueError(f"the SNR grid needs 0 < s_min={s_min} < {s_max} (the grid's last SNR); the keys' "
                              f"own window is [{s_lo:.3g}, {s_hi:.3g}]")
         return snr_points(steps, s_min, s_max)
+
+
+class sharpened:
+    """Within the block, the denoiser's converter reads z with β·scale instead of β (DSL-LLaDA's inference β:
+    softmax(β·z·Kᵀ + b) over the slots); restored on exit. scale 1: nothing is touched."""
+
+    def __init__(self, denoise: ContinuousDenoiser, scale: float):
+        model = getattr(denoise, "model", None)
+        self.converter = getattr(model, "converter", None) if scale != 1.0 else None
+        if scale != 1.0 and self.converter is None:
+            raise ValueError(f"sampler.beta_scale={scale} sharpens DSL's converter, but the denoiser has none")
+        self.scale = scale
+
+    def __enter__(self) -> None:
+        if self.converter is not None:
+            self.saved = self.converter.beta.data.clone()
+            self.converter.beta.data.mul_(self.scale)
+
+    def __exit__(self, *exc) -> None:
+        if self.converter is not None:
+            self.converter.beta.data.copy_(self.saved)
 
 
 def _normal(generators: list[torch.Generator], shape: tuple[int, int]) -> torch.Tensor:
@@ -145,10 +196,15 @@ def sample_dsl_continuous(denoise: ContinuousDenoiser, indices: list[int], seq_l
                           seed: int, sampler: ContinuousSampler | None = None, top_p: float = 0.9) -> SampleResult:
     """`steps` = T: T continuous steps up to s_max, then the argmax of x_θ there (NFE 2T per sequence)."""
     sampler = sampler or ContinuousSampler(name="dsl_continuous")
-    loc = Localizer(denoise, mask_id, top_p, sampler.nucleus)
-    grid = loc.grid(steps, sampler.s_min, sampler.s_max)
+    loc = Localizer(denoise, mask_id, top_p, sampler.nucleus, sampler.temperature, sampler.x_hat_top_k,
+                    sampler.beta_scale)
+    if sampler.snr_schedule == "dsl_llada":
+        grid = dsl_llada_snr_points(steps)
+    else:
+        grid = loc.grid(steps, sampler.s_min, sampler.s_max)
+    g = dsl_llada_noise_scale(2 * steps) if sampler.noise_rule == "dsl_llada" else sampler.noise_scale
     generators = sample_generators(seed, indices, state_device(denoise))
-    z = localize_path(loc, seq_len, grid, sampler.noise_scale, generators)
+    z = localize_path(loc, seq_len, grid, g, generators)
     logits = loc.logits(z)
     tokens = logits.argmax(dim=-1)
     psi = torch.softmax(logits.double(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)

@@ -54,10 +54,12 @@ def run_sampling(cfg: SampleConfig) -> None:
     for batch in my_batches(cfg.num_samples, cfg.batch_size, done, topo.rank, topo.world_size):
         result = sampler(denoise, batch, seq_len, cfg.steps, tokenizer.mask_id, cfg.seed, cfg.sampler,
                          cfg.top_p)
-        missing = [(i, tokens, nfe) for i, tokens, nfe in zip(batch, result.tokens.tolist(), result.nfe)
-                   if i not in done]
-        writer.write([{"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe}
-                      for i, tokens, nfe in missing])
+        remasks = result.remasks or [[] for _ in batch]
+        missing = [(i, tokens, nfe, events) for i, tokens, nfe, events in zip(batch, result.tokens.tolist(),
+                                                                               result.nfe, remasks) if i not in done]
+        # remasks: every realised remask [step, position, token sent back to [MASK]] (the per-step trace)
+        writer.write([{"index": i, "tokens": tokens, "text": tokenizer.decode(tokens), "nfe": nfe, "remasks": events}
+                      for i, tokens, nfe, events in missing])
         bar.update(len(missing) * topo.world_size)  # rank 0's pace stands for everyone's
     bar.close()
     dist.barrier()
@@ -95,6 +97,7 @@ def _finish(cfg: SampleConfig, out: Path, settings: dict, started: float, resume
     final = {
         **settings, "status": "complete", "num_written": len(written), "resumed_with": resumed,
         "mean_nfe": sum(nfe) / max(len(nfe), 1), "wall_time_s": time.time() - started,
+        "mean_remasks": sum(len(r.get("remasks", [])) for r in written) / max(len(written), 1),
     }
     records.settings_path(out).write_text(json.dumps(final, indent=2))
     print(f"[dsl_scale] wrote {len(written)} samples to {out} ({cfg.sampler.name}, T={cfg.steps}, mean NFE "

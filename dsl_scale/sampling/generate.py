@@ -39,6 +39,9 @@ class SampleResult:
     tokens: torch.Tensor  # [n, L]
     nfe: list[int]
     psi: torch.Tensor  # [n, L] x_θ probability of each token when drawn; 0 where the final argmax set it
+    # the realised remasks, per sequence: [step, position, the token remasked] for every visible token a step
+    # sent back to [MASK] (empty for samplers that never remask); len() per step is the per-step trace
+    remasks: list[list[list[int]]] | None = None
 
 
 def sample_generators(seed: int, indices: list[int], device: torch.device = CPU) -> list[torch.Generator]:
@@ -106,7 +109,9 @@ def discrete_phase(
     logits: list[torch.Tensor] = [torch.empty(0, device=x.device)] * n  # per sequence [L, V], [MASK] suppressed
     stale = torch.ones(n, dtype=torch.bool, device=x.device)
     nfe = [0] * n
+    remasks: list[list[list[int]]] = [[] for _ in range(n)]
     current_confidence = sampler.name in CURRENT_CONFIDENCE
+    temperature = getattr(sampler, "temperature", 1.0)
     for k in range(steps + 1):
         _refresh(denoise, x, logits, stale, mask_id)
         for i in stale.nonzero().flatten().tolist():
@@ -119,13 +124,14 @@ def discrete_phase(
             alpha_t, alpha_s, sigma = schedule(sampler, grid[k], grid[k + 1], scores, ~masked)
             new_x = x.clone()
             for i, generator in enumerate(generators):
-                _step_one(new_x[i], psi[i], masked[i], logits[i], alpha_t, alpha_s, sigma[i], mask_id, top_p,
-                          generator, sampler.nucleus)
+                sent_back = _step_one(new_x[i], psi[i], masked[i], logits[i], alpha_t, alpha_s, sigma[i], mask_id,
+                                      top_p, generator, sampler.nucleus, temperature)
+                remasks[i] += [[k, pos, int(x[i, pos])] for pos in sent_back]
         stale = (new_x != x).any(dim=-1) if cache else torch.ones(n, dtype=torch.bool, device=x.device)
         x = new_x
         if trace is not None:
             trace(k, grid[min(k + 1, steps)], x)
-    return SampleResult(tokens=x, nfe=nfe, psi=psi)
+    return SampleResult(tokens=x, nfe=nfe, psi=psi, remasks=remasks)
 
 
 def visible_confidence(logits: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -140,21 +146,25 @@ def visible_confidence(logits: list[torch.Tensor], x: torch.Tensor) -> torch.Ten
 
 
 def _step_one(x, psi, masked, logits, alpha_t, alpha_s, sigma, mask_id, top_p, generator,
-              nucleus: str = "reference") -> None:
-    """One sequence's step, in place on x [L] and psi [L]. Noise: 2 per position, then one per
-    nucleus id of each position that unmasks, in position order."""
+              nucleus: str = "reference", temperature: float = 1.0) -> list[int]:
+    """One sequence's step, in place on x [L] and psi [L]; returns the positions it remasked. Noise: 2 per
+    position, then one per nucleus id of each position that unmasks, in position order. Tokens are drawn from
+    the nucleus of softmax(logits / temperature)."""
     stay, leave = transition_groups(masked, alpha_t, alpha_s, sigma)
     moves = gumbel_max(torch.stack([stay, leave], dim=-1), gumbel_noise((x.shape[0], 2), generator)) == 1
     remask = moves & ~masked
     x[remask] = mask_id
     psi[remask] = 0.0
+    sent_back = remask.nonzero().flatten().tolist()
     unmask = (moves & masked).nonzero().flatten()
     if len(unmask) == 0:
-        return
-    for (ids, probs), pos in zip(nucleus_rows(logits[unmask], top_p, nucleus), unmask.tolist()):
+        return sent_back
+    rows = logits[unmask] if temperature == 1.0 else logits[unmask] / temperature
+    for (ids, probs), pos in zip(nucleus_rows(rows, top_p, nucleus), unmask.tolist()):
         pick = gumbel_max(probs, gumbel_noise((len(ids),), generator))
         x[pos] = ids[pick]
         psi[pos] = probs[pick]
+    return sent_back
 
 
 def _refresh(denoise: Denoiser, x: torch.Tensor, logits: list[torch.Tensor], stale: torch.Tensor,

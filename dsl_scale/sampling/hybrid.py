@@ -39,7 +39,7 @@ def sample_dsl_hybrid(denoise: ContinuousDenoiser, indices: list[int], seq_len: 
     sampler = sampler or HybridSampler(name="dsl_hybrid")
     if not 1 <= sampler.continuous_steps < steps:
         raise ValueError(f"dsl_hybrid needs 1 <= continuous_steps={sampler.continuous_steps} < steps={steps}")
-    loc = Localizer(denoise, mask_id, top_p, sampler.nucleus)
+    loc = Localizer(denoise, mask_id, top_p, sampler.nucleus, sampler.temperature)
     grid = loc.grid(sampler.continuous_steps, sampler.s_min, sampler.draft_snr)
     generators = sample_generators(seed, indices, state_device(denoise))
     logits = loc.logits(localize_path(loc, seq_len, grid, sampler.noise_scale, generators))
