@@ -173,6 +173,7 @@ class DataConfig:
     workers: int = 0  # data-loader worker processes per rank (batches never depend on it)
     streams: int = 0  # webdataset only: parallel shard streams per run (0 = auto); see data/wds_reader.py
     verify_checksums: bool = False  # sha256 every local shard before training (sizes are always checked)
+    check_hashes: bool = True  # each shard's xxh3 against the manifest on its first read (data/shard_hash.py)
 
 
 @dataclass

@@ -17,6 +17,10 @@ tokens/s = batch × L / median step time. This is an upper bound for the trainer
 no masking, no EMA), so the ratios are conservative. ratio = delivered / consumed by the preset of the
 same L; `ratio_small` = delivered / consumed by `small`. Target (issue 6): ratio_small ≥ 20 everywhere.
 
+Shard hash checks: tokens/s with `data.check_hashes` on against off (the reference, in the same run,
+alternated `--hash-repeats` times, medians), timed from the first step so that every shard's first-read
+xxh3 check is inside the timing; target: a cost of at most 5 %.
+
 Index memory: the peak Python-traced memory (tracemalloc) of computing one rank's block indices for steps
 0, 10^6 and 3·10^7 over a virtual index of `--index-blocks` blocks (default 10^9, about 1 T tokens at
 L = 1024); the block order is evaluated on the fly, where a materialised permutation would take 8 bytes
@@ -38,6 +42,7 @@ import torch
 from omegaconf import OmegaConf
 
 TARGET = 20.0
+HASH_TARGET = 5.0  # percent of the delivered tokens/s that the shard hash checks may cost
 GLOBAL_BATCH = 16
 PRESETS = {"tiny": 128, "small": 1024}
 
@@ -58,21 +63,35 @@ def prepare_both(source: str, root: Path) -> dict[int, Path]:
     return dirs
 
 
-def delivered(path: Path, seq_len: int, fmt: str, workers: int, epochs: float) -> float:
+def delivered(path: Path, seq_len: int, fmt: str, workers: int, epochs: float, check_hashes: bool = True,
+              warm_up: bool = True) -> float:
     from dsl_scale.config import DataConfig
     from dsl_scale.data.batches import open_splits, train_batches
 
-    data = DataConfig(path=str(path), source="", format=fmt, workers=workers)
+    data = DataConfig(path=str(path), source="", format=fmt, workers=workers, check_hashes=check_hashes)
     train, _ = open_splits(data, seq_len, 50258, val_blocks=1)
     batches = train_batches(train, data, GLOBAL_BATCH, 0, 1, seed=0)
     steps = max(1, round(epochs * len(train) / GLOBAL_BATCH))
-    batches.batch_at(0)
+    if warm_up:
+        batches.batch_at(0)
     started = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(0 if not warm_up else 1, steps + 1):
         batches.batch_at(step)
     seconds = time.perf_counter() - started
     batches.close()
-    return steps * GLOBAL_BATCH * seq_len / seconds
+    return (steps + (not warm_up)) * GLOBAL_BATCH * seq_len / seconds
+
+
+def hash_cost(path: Path, seq_len: int, fmt: str, epochs: float, repeats: int) -> dict:
+    """Tokens/s with the shard hash checks on and off (the reference), in one process, alternated; timed from
+    the first step, so every shard's check (its first read) is inside the timing. Medians of `repeats`."""
+    on, off = [], []
+    for _ in range(repeats):
+        off.append(delivered(path, seq_len, fmt, 0, epochs, check_hashes=False, warm_up=False))
+        on.append(delivered(path, seq_len, fmt, 0, epochs, check_hashes=True, warm_up=False))
+    checked, reference = statistics.median(on), statistics.median(off)
+    return {"format": fmt, "seq_len": seq_len, "checked_tokens_per_s": round(checked),
+            "reference_tokens_per_s": round(reference), "cost_percent": round(100 * (1 - checked / reference), 2)}
 
 
 class VirtualIndex:
@@ -145,6 +164,7 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=2, help="timed training steps per preset")
     parser.add_argument("--train-batch", default="tiny:16,small:2", help="sequences per timed training step")
     parser.add_argument("--index-blocks", type=int, default=10**9, help="blocks of the virtual index (memory)")
+    parser.add_argument("--hash-repeats", type=int, default=5, help="alternated runs per shard-hash cost figure")
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     train_batch = {k: int(v) for k, v in (item.split(":") for item in args.train_batch.split(","))}
@@ -160,6 +180,8 @@ def main() -> None:
                                  "consumer": preset, "consumed_tokens_per_s": round(consumption[preset], 1),
                                  "ratio": round(rate / consumption[preset], 1),
                                  "ratio_small": round(rate / consumption["small"], 1)})
+        costs = [hash_cost(dirs[seq_len], seq_len, fmt, args.epochs, args.hash_repeats)
+                 for seq_len in sorted(set(PRESETS.values())) for fmt in ("mds", "wds")]
     print("trainer consumption (plain fp32 training step): "
           + ", ".join(f"{p} {c:,.0f} tokens/s (batch {train_batch[p]})" for p, c in consumption.items()))
     print(f"{'format':6s} {'workers':>7s} {'L':>5s} {'delivered tok/s':>16s} {'consumer':>8s} {'ratio':>9s} "
@@ -170,11 +192,16 @@ def main() -> None:
     worst = min(r["ratio_small"] for r in rows)
     print(f"lowest delivered / small-consumed: {worst:,.1f} (target >= {TARGET:g}): "
           f"{'met' if worst >= TARGET else 'NOT met'}")
+    for c in costs:
+        print(f"shard hash checks ({c['format']}, L {c['seq_len']}, 0 workers): {c['checked_tokens_per_s']:,} tokens/s "
+              f"against {c['reference_tokens_per_s']:,} unchecked in this run: cost {c['cost_percent']:.2f} % "
+              f"(target <= {HASH_TARGET:g} %)")
     index_peak = index_peak_bytes(args.index_blocks)
     print(f"block order over {args.index_blocks:,} blocks: peak {index_peak / 2**10:,.1f} KiB traced memory "
           f"(a materialised permutation: {8 * args.index_blocks / 2**30:,.2f} GiB per epoch)")
     if args.json:
-        print(json.dumps({"rows": rows, "index_blocks": args.index_blocks, "index_peak_bytes": index_peak}))
+        print(json.dumps({"rows": rows, "hash_cost": costs, "index_blocks": args.index_blocks,
+                          "index_peak_bytes": index_peak}))
 
 
 if __name__ == "__main__":

@@ -119,10 +119,12 @@ def open_splits(data: Any, seq_len: int, vocab_size: int, val_blocks: int) -> tu
 
         fetch_manifest(data.remote, data.path)
     check_data(data, seq_len, vocab_size, fmt)
+    check = data.check_hashes
     if fmt == "mds":
-        return open_shards(data.path, "train", data.remote), open_shards(data.path, "val", data.remote)
-    val = WdsSplit(data.path, "val", data.remote)
-    return WdsSplit(data.path, "train", data.remote), BlockArray(val.head(val_blocks))
+        return (open_shards(data.path, "train", data.remote, check),
+                open_shards(data.path, "val", data.remote, check))
+    val = WdsSplit(data.path, "val", data.remote, check)
+    return WdsSplit(data.path, "train", data.remote, check), BlockArray(val.head(val_blocks))
 
 
 def node_share() -> tuple[int, int]:

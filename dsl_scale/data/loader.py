@@ -21,6 +21,7 @@ import torch
 
 from dsl_scale.data.checks import SPLITS, check_manifest, read_manifest  # noqa: F401  (this module's API)
 from dsl_scale.data.permutation import KeyedPermutation, epoch_order, epoch_permutation  # noqa: F401  (API)
+from dsl_scale.data.shard_hash import ShardChecks
 from dsl_scale.data.streaming_compat import import_streaming
 from dsl_scale.data.writers import MANIFEST_NAME, TOKENS_COLUMN
 
@@ -36,10 +37,11 @@ class BlockDataset:
 
     Local shards are read in place. With `remote` (`s3://...`, `gs://...`, or any URL or directory
     mosaicml-streaming can download from), `path` is the local cache: a shard is fetched when a block of
-    it is first read (or asked for by `prefetch`); the processes of a node share the cache.
+    it is first read (or asked for by `prefetch`); the processes of a node share the cache. With
+    `check_hashes`, the first read from a shard checks its xxh3 against the manifest (shard_hash.py).
     """
 
-    def __init__(self, path: str, split: str, remote: str = "") -> None:
+    def __init__(self, path: str, split: str, remote: str = "", check_hashes: bool = True) -> None:
         streaming = import_streaming()
         if remote and not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
             fetch_manifest(remote, path)
@@ -54,6 +56,17 @@ class BlockDataset:
                                                   batch_size=1)
         else:
             self._ds = streaming.LocalDataset(local=path, split=split)
+        self.checks = self._shard_checks(check_hashes)
+
+    def _shard_checks(self, enabled: bool) -> ShardChecks:
+        """Each shard's xxh3 against the manifest on its first read (see shard_hash.py)."""
+        manifest_file = os.path.join(self.path, MANIFEST_NAME)
+        entries = self.manifest.get("shards", {}).get("mds", {}).get(self.split, [])
+        indexed = [f"{self.split}/{shard.raw_data.basename}" for shard in self._ds.shards]
+        if entries and [e["file"] for e in entries] != indexed:
+            raise ValueError(f"{manifest_file} and {self.path}/{self.split}/index.json list different MDS shards; "
+                             "prepare the data again")
+        return ShardChecks(self.path, entries, manifest_file, enabled)
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -61,7 +74,12 @@ class BlockDataset:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
             raise IndexError(f"block {i} out of range for {len(self)} blocks in {self.path}/{self.split}")
-        return self._ds[int(i)][TOKENS_COLUMN]
+        if not self.remote:  # before reading, so a damaged header cannot fail with the reader's own message
+            self.checks.check_block(int(i))
+        block = self._ds[int(i)][TOKENS_COLUMN]
+        if self.remote:  # a remote shard is on disk once a block of it has been read
+            self.checks.check_block(int(i))
+        return block
 
     def prefetch(self, indices: np.ndarray) -> None:
         """Start downloading, on a background thread, the remote shards that hold blocks `indices`.
@@ -79,8 +97,8 @@ class BlockDataset:
         return f"BlockDataset({self.path!r}, {self.split!r}, blocks={len(self)}, seq_len={self.seq_len})"
 
 
-def open_shards(path: str, split: str, remote: str = "") -> BlockDataset:
-    return BlockDataset(path, split, remote)
+def open_shards(path: str, split: str, remote: str = "", check_hashes: bool = True) -> BlockDataset:
+    return BlockDataset(path, split, remote, check_hashes)
 
 
 def fetch_manifest(remote: str, path: str, timeout: float = 60.0) -> None:

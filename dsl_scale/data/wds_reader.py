@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 
 from dsl_scale.data.checks import read_manifest
 from dsl_scale.data.permutation import epoch_order
+from dsl_scale.data.shard_hash import ShardChecks
 from dsl_scale.data.writers import MANIFEST_NAME, WDS_EXTENSION
 
 MAX_AUTO_STREAMS = 16
@@ -52,13 +53,18 @@ def shard_url(path: str, remote: str, relative: str) -> str:
     return f"{remote.rstrip('/')}/{relative}"
 
 
-def read_tar_blocks(url: str, expected: int) -> list[np.ndarray]:
-    """All blocks of one tar shard, in file order; a truncated or short shard is an error naming it."""
+def read_tar_blocks(url: str, expected: int, check: Callable[[bytes], None] | None = None) -> list[np.ndarray]:
+    """All blocks of one tar shard, in file order; a truncated or short shard is an error naming it. `check`
+    gets the shard's bytes first (its hash check), when given."""
     import webdataset
 
     blocks = []
     try:
-        with webdataset.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        with webdataset.gopen(url, "rb") as stream:
+            data = stream.read()
+        if check is not None:
+            check(data)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith("." + WDS_EXTENSION):
                     blocks.append(np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False))
@@ -72,13 +78,22 @@ def read_tar_blocks(url: str, expected: int) -> list[np.ndarray]:
 class WdsSplit:
     """The tar shards of one split in block order, with their block counts from the manifest."""
 
-    def __init__(self, path: str, split: str, remote: str = "") -> None:
+    def __init__(self, path: str, split: str, remote: str = "", check_hashes: bool = True) -> None:
         self.manifest = read_manifest(path)
         entries = self.manifest.get("shards", {}).get("wds", {}).get(split)
         if not entries:
             raise ValueError(f"{os.path.join(path, MANIFEST_NAME)} lists no webdataset shards for {split!r}")
         self.path, self.split, self.seq_len = path, split, self.manifest["seq_len"]
         self.shards = [WdsShard(i, shard_url(path, remote, e["file"]), e["samples"]) for i, e in enumerate(entries)]
+        self.checks = ShardChecks(path, entries, os.path.join(path, MANIFEST_NAME), check_hashes)
+
+    def read(self, shard: WdsShard) -> list[np.ndarray]:
+        """The blocks of `shard`; this process's first read of it checks its xxh3 against the manifest."""
+        check = None
+        if self.checks.needs(shard.index):
+            def check(data: bytes) -> None:
+                self.checks.check_bytes(shard.index, data, shard.url)
+        return read_tar_blocks(shard.url, shard.samples, check)
 
     def __len__(self) -> int:
         return sum(s.samples for s in self.shards)
@@ -89,7 +104,7 @@ class WdsSplit:
         for shard in self.shards:
             if len(blocks) >= n:
                 break
-            blocks.extend(read_tar_blocks(shard.url, shard.samples))
+            blocks.extend(self.read(shard))
         return np.stack(blocks[:n])
 
     def __repr__(self) -> str:
@@ -117,7 +132,7 @@ def stream_blocks(split: WdsSplit, seed: int, stream: int, n_streams: int, start
             if skip >= shard.samples:
                 skip -= shard.samples
                 continue
-            blocks = read_tar_blocks(shard.url, shard.samples)
+            blocks = split.read(shard)
             order = np.random.default_rng([seed, epoch, shard.index]).permutation(len(blocks))
             for i in order[skip:]:
                 yield blocks[i]

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dsl_scale.core.files import atomic_open
+from dsl_scale.data.shard_hash import file_hashes
 from dsl_scale.data.streaming_compat import import_streaming
 
 TOKENS_COLUMN = "tokens"
@@ -121,7 +122,7 @@ def write_group(
     """Write `blocks` to the shards of every writer of `fmt` under `directory`.
 
     Returns the block count and, per format, the shards written: {"file" (relative to `directory`),
-    "samples", "bytes", "sha256"}.
+    "samples", "bytes", "sha256", "xxh3_64"} (the fast hash that readers check on a shard's first read).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown shard format {fmt!r}; choices: {', '.join(sorted(FORMATS))}")
@@ -142,7 +143,7 @@ def write_group(
             rel = os.path.join(WRITER_SUBDIRS[name], shard["file"]) if WRITER_SUBDIRS[name] else shard["file"]
             path = os.path.join(directory, rel)
             shards[name].append({"file": rel, "samples": shard["samples"], "bytes": os.path.getsize(path),
-                                 "sha256": file_sha256(path)})
+                                 **file_hashes(path)})
     return count, shards
 
 
