@@ -12,8 +12,10 @@ from hydra.core.config_store import ConfigStore
 
 from dsl_scale.config import check_choices, choice
 
-METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll", "nelbo", "calibration", "self_correction")
-SAMPLE_METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll")  # need samples=
+METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll", "eps_nll", "hmm_tv", "kn_ppl", "nelbo",
+           "calibration", "self_correction")
+# need samples=; eps_nll also scores the sampler's realised remasks (in-sampler self-correction)
+SAMPLE_METRICS = ("mauve", "frechet", "gen_ppl", "entropy", "hmm_nll", "eps_nll", "hmm_tv", "kn_ppl")
 CHECKPOINT_METRICS = ("nelbo", "calibration", "self_correction")  # need checkpoint=
 
 
@@ -34,6 +36,13 @@ class EvalConfig:
     # Generative perplexity
     scorer: str = ""  # a local Hugging Face causal-LM dir, or one of our AR run / checkpoint dirs
     scorer_batch_size: int = 8
+    scorer2: str = ""  # a second AR scorer (e.g. another training seed): results gen_ppl_2 beside gen_ppl
+    # Kneser–Ney character n-gram scorer (metrics=[kn_ppl], evaluation/kneser_ney.py), fitted on the reference
+    # data's `kn_split` blocks (cached under cache_dir)
+    kn_order: int = 5
+    kn_split: str = "train"
+    # ε of the smoothed source (metrics=[eps_nll]: every sample scored, none dropped; evaluation/hmm_marginals.py)
+    hmm_eps: float = 1e-3
     # Likelihood bound (metrics=[nelbo])
     checkpoint: str = ""  # run dir of the checkpoint whose bound is computed
     weights: str = choice("auto", "auto", "ema", "model")  # auto: EMA when the checkpoint has it
@@ -77,8 +86,14 @@ def validate_eval_config(cfg: EvalConfig) -> None:
     if needs_reference and not cfg.reference:
         raise ValueError(f"metrics {needs_reference} need reference=SHARD_DIR (its validation blocks are the "
                          "references / the analysed text)")
-    if "hmm_nll" in cfg.metrics and not (cfg.hmm_source or cfg.reference):
-        raise ValueError("metrics=[hmm_nll] needs reference=SHARD_DIR of synthetic-hmm data or hmm_source=NAME")
+    hmm = sorted({"hmm_nll", "eps_nll", "hmm_tv"} & set(cfg.metrics))
+    if hmm and not (cfg.hmm_source or cfg.reference):
+        raise ValueError(f"metrics {hmm} need reference=SHARD_DIR of synthetic-hmm data or hmm_source=NAME")
+    if "kn_ppl" in cfg.metrics and (not cfg.reference or cfg.kn_order < 1):
+        raise ValueError(f"metrics=[kn_ppl] needs reference=SHARD_DIR (fitted on its {cfg.kn_split!r} blocks) and "
+                         f"kn_order >= 1, got kn_order={cfg.kn_order}")
+    if not 0 < cfg.hmm_eps < 1:
+        raise ValueError(f"hmm_eps={cfg.hmm_eps} must lie in (0, 1)")
     if cfg.featurizer.startswith("ar") and {"mauve", "frechet"} & set(cfg.metrics) and not cfg.featurizer_path:
         raise ValueError(f"featurizer={cfg.featurizer} needs featurizer_path=AR_RUN_DIR")
     if "gen_ppl" in cfg.metrics and not cfg.scorer:

@@ -21,6 +21,7 @@ class Samples:
     texts: list[str]
     nfe: list[float]
     settings: dict[str, Any] = field(default_factory=dict)  # the sampler's sidecar, empty when absent
+    remasks: list[list[list[int]]] = field(default_factory=list)  # per sample [step, position, token] ([] if none)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -48,7 +49,8 @@ def read_samples(path: str | Path, tokenizer: Tokenizer) -> Samples:
     tokens = [[int(t) for t in r["tokens"]] if "tokens" in r else tokenizer.encode(r["text"]) for r in records]
     nfe = [float(r["nfe"]) for r in records if "nfe" in r]
     settings = read_settings(path)
-    return Samples(tokens, [metric_text(t, tokenizer) for t in tokens], nfe, settings)
+    remasks = [[list(map(int, e)) for e in r.get("remasks", [])] for r in records]
+    return Samples(tokens, [metric_text(t, tokenizer) for t in tokens], nfe, settings, remasks)
 
 
 def read_settings(samples: str | Path) -> dict[str, Any]:

@@ -30,13 +30,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     samples = read_samples(cfg.samples, tokenizer) if cfg.samples else None
     if samples is not None:
         results.update(_run_record(samples))
-    if "entropy" in cfg.metrics:
-        from dsl_scale.evaluation.diversity import diversity
-
-        results["entropy"] = diversity(samples.tokens)
     # Sanity rows (evaluation/sanity.py): held-out real text and shuffled real text, scored like the samples.
     sanity, sanity_skipped = _sanity_sets(cfg, samples)
     rows: dict[str, dict[str, Any]] = {name: {} for name in sanity}
+    if "entropy" in cfg.metrics:
+        from dsl_scale.evaluation.diversity import diversity
+
+        results["entropy"] = diversity(samples.tokens, cfg.bootstrap_resamples, cfg.seed)
+        for name, tokens in sanity.items():  # the real-data reference of distinct-n
+            rows[name]["entropy"] = diversity(tokens, cfg.bootstrap_resamples, cfg.seed)
     if {"mauve", "frechet"} & set(cfg.metrics):
         features = _feature_metrics(cfg, samples, tokenizer, sanity)
         for name, metrics in features.items():
@@ -57,6 +59,26 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         results["scorer"] = cfg.scorer
         for name, tokens in sanity.items():
             rows[name]["gen_ppl"] = scored(tokens)
+        if cfg.scorer2:
+            scorer = build_scorer(cfg.scorer2, cfg.weights)
+            _match_scorer_vocabulary(scorer, tokenizer)
+            results["gen_ppl_2"] = scored(samples.tokens)
+            results["scorer2"] = cfg.scorer2
+            for name, tokens in sanity.items():
+                rows[name]["gen_ppl_2"] = scored(tokens)
+    if "kn_ppl" in cfg.metrics:
+        from dsl_scale.evaluation.gen_ppl import generative_perplexity
+        from dsl_scale.evaluation.kneser_ney import KneserNeyScorer, fit_on_split
+        from dsl_scale.evaluation.ranks import world_size
+
+        if world_size() > 1:
+            raise ValueError("metrics=[kn_ppl] runs on one rank (the n-gram scorer is host code)")
+        model = fit_on_split(cfg.reference, cfg.kn_split, cfg.kn_order, tokenizer, cfg.cache_dir)
+        kn = KneserNeyScorer(model, tokenizer, _reference_seq_len(cfg.reference), f"{cfg.reference}:{cfg.kn_split}")
+        for name, tokens in {"samples": samples.tokens, **sanity}.items():
+            scored_kn = generative_perplexity(tokens, tokenizer, kn, cfg.scorer_batch_size, cfg.bootstrap_resamples,
+                                              cfg.seed)
+            (results if name == "samples" else rows[name])["kn_ppl"] = scored_kn
     if "hmm_nll" in cfg.metrics:
         from dsl_scale.evaluation.hmm_likelihood import hmm_quality
 
@@ -64,6 +86,23 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         for name, tokens in {"samples": samples.tokens, **sanity}.items():
             scored = hmm_quality(source, tokens, tokenizer.bos_id, tokenizer.eos_id, cfg.bootstrap_resamples, cfg.seed)
             (results if name == "samples" else rows[name])["hmm_nll"] = scored
+    if {"eps_nll", "hmm_tv"} & set(cfg.metrics):
+        from dsl_scale.data.synthetic_hmm import hmm_from_source
+        from dsl_scale.evaluation.hmm_marginals import eps_nll, in_sampler_self_correction, ngram_tv
+
+        hmm = hmm_from_source(_hmm_source(cfg))
+        for name, tokens in {"samples": samples.tokens, **sanity}.items():
+            target = results if name == "samples" else rows[name]
+            if "eps_nll" in cfg.metrics:
+                target["eps_nll"] = eps_nll(hmm, tokens, tokenizer.bos_id, tokenizer.eos_id, tokenizer.vocab_size,
+                                            cfg.hmm_eps, cfg.bootstrap_resamples, cfg.seed)
+            if "hmm_tv" in cfg.metrics:
+                target["hmm_tv"] = ngram_tv(hmm, tokens, tokenizer.bos_id, tokenizer.eos_id, (2, 3),
+                                            cfg.bootstrap_resamples, cfg.seed)
+        if "eps_nll" in cfg.metrics:
+            results["remask_correction"] = in_sampler_self_correction(
+                hmm, samples.tokens, samples.remasks or [[] for _ in samples.tokens], tokenizer.bos_id,
+                tokenizer.eos_id, tokenizer.vocab_size, cfg.hmm_eps)
     if sanity:
         from dsl_scale.evaluation.sanity import summarise
 
@@ -124,6 +163,12 @@ def _sanity_sets(cfg: EvalConfig, samples: Samples | None) -> tuple[dict[str, li
         if ranks.rank() == 0:
             print(f"[dsl_scale] warning: no sanity rows: {err}", flush=True)
         return {}, str(err)
+
+
+def _reference_seq_len(shard_dir: str) -> int:
+    from dsl_scale.data.loader import read_manifest
+
+    return int(read_manifest(shard_dir)["seq_len"])
 
 
 def _hmm_source(cfg: EvalConfig) -> str:
@@ -208,7 +253,8 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 def _summary(results: dict[str, Any]) -> str:
     parts = []
     for key, field in (("mauve", "mauve"), ("frechet", "frechet"), ("gen_ppl", "gen_ppl"), ("entropy", "entropy"),
-                       ("hmm_nll", "nll_per_token"), ("nelbo", "nelbo")):
+                       ("hmm_nll", "nll_per_token"), ("eps_nll", "eps_nll"), ("kn_ppl", "gen_ppl"),
+                       ("nelbo", "nelbo")):
         if key in results:
             parts.append(f"{key} {results[key][field]:.4f}")
     if "calibration" in results:

@@ -10,7 +10,8 @@ The rules (`check`), per metric:
 - frechet: real's interval below shuffled's (no absolute threshold: the scale depends on the features);
 - hmm_nll: real's interval below shuffled's, and real ≤ the source's entropy upper bound + 0.1 nats (the
   source's own text must score its entropy rate);
-- gen_ppl: real below shuffled.
+- gen_ppl (either AR scorer), kn_ppl: real below shuffled;
+- eps_nll: real's interval below shuffled's; hmm_tv: real's bigram-TV interval below shuffled's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-SANITY_METRICS = ("mauve", "frechet", "hmm_nll", "gen_ppl")
+SANITY_METRICS = ("mauve", "frechet", "hmm_nll", "gen_ppl", "gen_ppl_2", "kn_ppl", "eps_nll", "hmm_tv")
 MAUVE_FLOOR = 0.5
 HMM_SLACK_NATS = 0.1
 
@@ -70,9 +71,15 @@ def check(metric: str, real: dict[str, Any], shuffled: dict[str, Any]) -> dict[s
         passed = (_interval(real, "nll_per_token")[1] < _interval(shuffled, "nll_per_token")[0]
                   and real["nll_per_token"] <= upper + HMM_SLACK_NATS)
         rule = f"real's 95% interval below shuffled's and real <= source entropy upper bound + {HMM_SLACK_NATS}"
-    elif metric == "gen_ppl":
+    elif metric in ("gen_ppl", "gen_ppl_2", "kn_ppl"):
         passed = real["gen_ppl"] < shuffled["gen_ppl"]
         rule = "real below shuffled"
+    elif metric == "eps_nll":
+        passed = _interval(real, "eps_nll")[1] < _interval(shuffled, "eps_nll")[0]
+        rule = "real's 95% interval below shuffled's"
+    elif metric == "hmm_tv":
+        passed = _interval(real["tv_2"], "tv")[1] < _interval(shuffled["tv_2"], "tv")[0]
+        rule = "real's bigram TV interval below shuffled's (real's value is the finite-sample floor)"
     else:
         raise ValueError(f"no sanity rule for metric {metric!r} (have {SANITY_METRICS})")
     return {"passed": bool(passed), "rule": rule}

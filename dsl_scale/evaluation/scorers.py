@@ -100,7 +100,8 @@ def _first_id(*candidates: int | None) -> int:
 
 
 def build_scorer(path: str, weights: str = "auto") -> Scorer:
-    """A run/checkpoint dir of ours (it has checkpoints/ or a `latest` pointer) or a Hugging Face dir."""
-    p = Path(path)
-    ours = (p / "checkpoints").is_dir() or (p / "latest").is_file() or (p / "mp_rank_00_model_states.pt").is_file()
-    return CheckpointScorer(path, weights) if ours else HFScorer(path)
+    """One of our checkpoints (anything checkpoint/source.py opens as ours), else a Hugging Face causal LM: a
+    directory or a Hub id in huggingface_hub's cache."""
+    from dsl_scale.checkpoint.source import hf_directory, is_ours
+
+    return CheckpointScorer(path, weights) if is_ours(path) else HFScorer(str(hf_directory(path)))
