@@ -55,7 +55,7 @@ class ModelConfig(ArchitectureConfig, _Preset):
 
 # --- objectives: one schema per variant; configs/objective/NAME.yaml picks objective_schema/NAME ------------
 
-OBJECTIVES = ("mdlm", "ar", "dsl")
+OBJECTIVES = ("mdlm", "ar", "dsl", "mdlm_corrupt")
 
 
 @dataclass
@@ -137,10 +137,22 @@ class DSLObjectiveConfig(SNRMixtureConfig, MDLMObjectiveConfig):
     bound_samples: int = 1
 
 
+@dataclass
+class MDLMCorruptObjectiveConfig(LogLinearMasking, ObjectiveSchema):
+    """The discrete-corruption control (diffusion/objectives.py MDLMCorruptObjective): MDLM's masking and loss,
+    plus uniform token noise on a share of the visible positions and cross-entropy at every visible one, so the
+    visible-position outputs are trained without DSL's channel (configs/objective/mdlm_corrupt.yaml)."""
+
+    name: str = choice("mdlm_corrupt", "mdlm_corrupt")
+    corrupt_rate: float = 0.1  # each visible token is replaced by a uniform other id with this probability
+    visible_weight: float = 1.0  # weight of the visible-position cross-entropy beside the NELBO
+
+
 OBJECTIVE_CONFIGS: dict[str, type[ObjectiveSchema]] = {
     "mdlm": MDLMObjectiveConfig, "ar": ARObjectiveConfig, "dsl": DSLObjectiveConfig,
+    "mdlm_corrupt": MDLMCorruptObjectiveConfig,
 }
-Objective = MDLMObjectiveConfig | ARObjectiveConfig | DSLObjectiveConfig
+Objective = MDLMObjectiveConfig | ARObjectiveConfig | DSLObjectiveConfig | MDLMCorruptObjectiveConfig
 
 
 def ObjectiveConfig(name: str = "mdlm", **fields: Any) -> Objective:  # noqa: N802 (reads like the class it makes)
@@ -156,6 +168,7 @@ def ObjectiveConfig(name: str = "mdlm", **fields: Any) -> Objective:  # noqa: N8
 
 DATA_FORMATS = ("mds", "wds", "both")  # data/writers.py FORMATS has one entry per choice
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 BACKENDS = ("auto", "nccl", "gloo")  # parallel.backend (parallel/topology.py process_group_backend)
 
 
@@ -200,6 +213,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 2500
     grad_clip: float = 1.0
+    # after the warm-up: constant (MDLM's), cosine (to min_lr_ratio · lr at train.steps) or wsd (warmup-stable-
+    # decay: constant, then linear to min_lr_ratio · lr over the last decay_steps steps); parallel/engine.py lr_factor
+    schedule: str = choice("constant", *LR_SCHEDULES)
+    min_lr_ratio: float = 0.0
+    decay_steps: int = 0
 
 
 @dataclass
@@ -218,7 +236,15 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
     resume: bool = True
+    # resume even though the objective, model shape, seq_len, seed, global batch or data changed (logged; the
+    # run then no longer replays an uninterrupted one)
+    allow_config_change: bool = False
     save_final_weights: bool = False  # also write run_dir/final/model.safetensors (unsharded fp32 masters)
+    # a checkpoint that cannot be written (disk full, quota, I/O error): stop the run, or warn and train on to the
+    # next save; either way the partial tag is removed and `latest` kept (checkpoint/save_guard.py)
+    on_save_error: str = choice("stop", "stop", "continue")
+    # run_dir/run.lock: another host's lock not renewed for this long is taken over (checkpoint/run_lock.py)
+    lock_lease_minutes: float = 10.0
 
 
 @dataclass
@@ -317,6 +343,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             f"train.global_batch={cfg.train.global_batch} is not divisible by "
             f"train.micro_batch × data-parallel size = {cfg.train.micro_batch} × {dp}"
         )
+    if not 0 <= cfg.optim.min_lr_ratio <= 1 or cfg.optim.decay_steps < 0:
+        raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must lie in [0, 1] and "
+                         f"optim.decay_steps={cfg.optim.decay_steps} be >= 0")
+    if cfg.optim.schedule == "wsd" and not 0 < cfg.optim.decay_steps <= cfg.train.steps:
+        raise ValueError(f"optim.schedule=wsd needs 0 < optim.decay_steps={cfg.optim.decay_steps} <= "
+                         f"train.steps={cfg.train.steps}")
     if cfg.train.steps < 0 or cfg.train.save_every < 1 or cfg.train.eval_every < 1 or cfg.train.log_every < 1:
         raise ValueError("train.steps must be >= 0 and train.{save,eval,log}_every >= 1")
 

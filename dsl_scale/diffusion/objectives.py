@@ -13,6 +13,8 @@ read is there."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from dsl_scale.core import counter_rng
@@ -20,8 +22,9 @@ from dsl_scale.core.batch import Prepared
 from dsl_scale.diffusion import dsl, mdlm
 from dsl_scale.diffusion.schedules import antithetic_times_at, log_linear_sigma
 
-# MDLM's draws from a step's key (seed, stream, step) and from a sequence's key (… , position).
-TIME_DRAW, MASK_DRAW = 0, 1
+# MDLM's draws from a step's key (seed, stream, step) and from a sequence's key (… , position); the
+# discrete-corruption control adds two per sequence.
+TIME_DRAW, MASK_DRAW, CORRUPT_DRAW, REPLACE_DRAW = 0, 1, 2, 3
 
 
 def positions_on(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,56 @@ class MDLMObjective:
     def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
         nll = nll_fn(logits, batch.targets, self.mask_id - vocab_start)
         return mdlm.mdlm_loss(nll, batch.extras["masked"], batch.extras["t"].to(nll.device), self.eps)
+
+
+def uniform_corruption(tokens: torch.Tensor, keep: torch.Tensor, choose: torch.Tensor, draw: torch.Tensor,
+                       rate: float, mask_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, corrupted): where `keep` (visible) and choose < rate, the token becomes a uniform id other than
+    itself and [MASK] (the last id): r = ⌊draw·(V − 2)⌋, skipping the original. choose, draw: uniforms [b, L]."""
+    if mask_id != vocab_size - 1:
+        raise ValueError(f"uniform corruption expects [MASK] to be the last id ({vocab_size - 1}), got {mask_id}")
+    corrupted = keep & (choose < rate)
+    r = (draw * (vocab_size - 2)).long().clamp_max(vocab_size - 3)
+    replacement = r + (r >= tokens).long()
+    return torch.where(corrupted, replacement, tokens), corrupted
+
+
+def visible_cross_entropy(nll: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Σ over visible positions of −log x_θ[x] (raw outputs, no carry-over), averaged over all tokens."""
+    return (nll * visible.to(nll.dtype)).mean()
+
+
+class MDLMCorruptObjective(MDLMObjective):
+    """The discrete-corruption control: MDLM's masking, then each visible token replaced by a uniform other id
+    with probability `corrupt_rate`; loss = MDLM's NELBO at the masked positions + visible_weight · the
+    cross-entropy of the original token at every visible position (corrupted or not), both averaged over all
+    tokens. The NELBO term reads SUBS's suppressed [MASK] logit as MDLM does; the visible term trains what
+    MDLM never does, the model's own prediction where it sees a token, so it learns to doubt a wrong one
+    without DSL's continuous channel."""
+
+    def __init__(self, mask_id: int, eps: float, seed: int, vocab_size: int, corrupt_rate: float,
+                 visible_weight: float):
+        super().__init__(mask_id, eps, seed)
+        if not 0 <= corrupt_rate <= 1 or visible_weight < 0:
+            raise ValueError(f"objective.corrupt_rate={corrupt_rate} must lie in [0, 1] and objective.visible_weight="
+                             f"{visible_weight} be >= 0")
+        self.vocab_size, self.corrupt_rate, self.visible_weight = vocab_size, corrupt_rate, visible_weight
+
+    def prepare(self, tokens: torch.Tensor, positions: torch.Tensor, key: int, batch_size: int,
+                stream: int) -> Prepared:
+        batch = super().prepare(tokens, positions, key, batch_size, stream)
+        masked = batch.extras["masked"]
+        sequence = counter_rng.key((self.seed, stream, key, positions_on(tokens, positions)), tokens.device)
+        ids, corrupted = uniform_corruption(batch.inputs, ~masked, sequence.uniform(tokens.shape[1:], CORRUPT_DRAW),
+                                            sequence.uniform(tokens.shape[1:], REPLACE_DRAW), self.corrupt_rate,
+                                            self.mask_id, self.vocab_size)
+        return dataclasses.replace(batch, inputs=ids, extras={**batch.extras, "corrupted": corrupted})
+
+    def loss(self, logits: torch.Tensor, batch: Prepared, nll_fn, vocab_start: int) -> torch.Tensor:
+        nll = nll_fn(logits, batch.targets, self.mask_id - vocab_start)
+        masked = batch.extras["masked"]
+        nelbo = mdlm.mdlm_loss(nll, masked, batch.extras["t"].to(nll.device), self.eps)
+        return nelbo + self.visible_weight * visible_cross_entropy(nll, ~masked)
 
 
 class AutoregressiveObjective:
@@ -104,5 +157,8 @@ def build_objective(objective, mask_id: int, vocab_size: int, seed: int):
         return AutoregressiveObjective(mask_id)
     if objective.name == "dsl":
         return DSLObjective(objective, mask_id, vocab_size, seed)
+    if objective.name == "mdlm_corrupt":
+        return MDLMCorruptObjective(mask_id, objective.eps, seed, vocab_size, objective.corrupt_rate,
+                                    objective.visible_weight)
     name = objective.name
     raise ValueError(f"unknown objective {name!r}")

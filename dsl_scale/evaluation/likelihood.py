@@ -37,6 +37,19 @@ def _objective_bound(name: str) -> Callable[[Any, int, int], BoundFn]:
     return make
 
 
+def _mdlm_part_bound(loaded, mask_id: int, seed: int) -> BoundFn:
+    """The discrete-corruption control's NELBO: MDLM's bound on clean inputs (its visible-position term and
+    token noise are training signal, not part of the bound)."""
+    from dsl_scale.diffusion.objectives import MDLMObjective
+
+    objective, model = MDLMObjective(mask_id, loaded.train_config.objective.eps, seed), loaded.model
+
+    def bound(tokens: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        batch = objective.prepare(tokens, positions, 0, n, seeding.EVAL_STREAM)
+        return objective.loss(model(batch.inputs, batch.sigma), batch, type(model).token_nll, 0)
+    return bound
+
+
 def _dsl_bound(loaded, mask_id: int, seed: int) -> BoundFn:
     """SPEC §4: −log p(x) ≤ ½∫₀^{s*} mmse(s) ds + CE(x | z_{s*}), per token, every position through the
     converter at a common SNR; the grid and noise draws come from the run's objective config."""
@@ -64,6 +77,7 @@ BOUNDS: dict[str, Callable[[Any, int, int], BoundFn]] = {
     "mdlm": _objective_bound("mdlm"),
     "ar": _objective_bound("ar"),
     "dsl": _dsl_bound,
+    "mdlm_corrupt": _mdlm_part_bound,
 }
 
 
