@@ -72,26 +72,109 @@ def check_ranks_per_node(environ: dict | None = None, visible_gpus: int | None =
                            "GPU; start one rank per GPU (--nproc-per-node, --gpus-per-node)")
 
 
-def hydra_main(run: Callable, config_name: str, register: Callable[[], None]) -> None:
-    """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore."""
-    from dsl_scale.parallel.topology import prepare_environment
+def hydra_main(run: Callable, config_name: str, register: Callable[[], None], check: Callable | None = None,
+               groups: tuple[str, ...] = (), doc: str = "") -> None:
+    """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore, `check`
+    validates the typed config (raises ValueError), `groups` and `doc` make the command's --help.
 
+    The config is composed and checked before torch, DeepSpeed or megatron-core are imported, so a bad key or
+    value fails within seconds, as one line on stderr (exit 2; HYDRA_FULL_ERROR=1 gives the traceback);
+    `--check` stops there ("config OK"), `--cfg job` prints only a valid config."""
     if not os.path.isdir(CONFIG_DIR):  # a non-editable install: the configs stay in the checkout
         raise SystemExit(f"dsl_scale's Hydra configs are not at {CONFIG_DIR}: the package runs from a checkout "
                          "(tools/setup.sh, or `pip install -e .` in it), not from a copied wheel")
     sys.argv = strip_launcher_args(sys.argv)
+    name = command_name(config_name)
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(command_help(name, doc, groups))
+        return
     slurm_environment()
     check_ranks_per_node()
-    prepare_environment()
+    register()
+    only_check = "--check" in args
+    if only_check:
+        sys.argv = [a for a in sys.argv if a != "--check"]
+    typed = checked_config(name, config_name, hydra_overrides(sys.argv[1:]), check)
+    if only_check:
+        print(f"{name}: config OK", file=sys.stderr)
+        return
 
     import hydra
 
     from dsl_scale.config import to_config
+    from dsl_scale.parallel.topology import prepare_environment
 
-    register()
+    del typed  # composed again by hydra.main below, with its run directory and job settings
+    prepare_environment()
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg) -> None:
-        run(to_config(cfg))
+        from dsl_scale.checkpoint.source import CheckpointError
+
+        try:
+            run(to_config(cfg))
+        except CheckpointError as err:  # a checkpoint that is not what the command needs: one line too
+            _fail(name, err)
 
     _main()
+
+
+def command_name(config_name: str) -> str:
+    script = Path(sys.argv[0]).name
+    return script if script.startswith("dsl-") else "dsl-" + {"config": "pretrain"}.get(config_name, config_name)
+
+
+def command_help(name: str, doc: str, groups: tuple[str, ...]) -> str:
+    """The command's own --help: its docstring, its config groups and their options, how to see every key."""
+    lines = [f"{name}: {doc.strip()}" if doc else name, "", "Config groups (GROUP=OPTION):"]
+    for group in groups:
+        options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+        lines.append(f"  {group:10s} {', '.join(options)}")
+    lines += ["", "Every key, its default and type: `--cfg job` (validated first); `--check` validates only.",
+              "Keys and their meaning are declared in dsl_scale/config.py (training), sampling/config.py and",
+              "evaluation/config.py. Hydra's own options: --hydra-help."]
+    return "\n".join(lines)
+
+
+def hydra_overrides(args: list[str]) -> list[str]:
+    """The key=value overrides among Hydra's command-line arguments (its own flags, e.g. --cfg job, left out)."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    return list(parsed.overrides)
+
+
+def checked_config(name: str, config_name: str, overrides: list[str], check: Callable | None):
+    """The typed config these overrides compose to, checked; a bad key or value exits 2 with one line."""
+    from hydra import compose, initialize_config_dir
+
+    from dsl_scale.config import to_config
+
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            composed = compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra.")])
+        typed = to_config(composed)
+        if check is not None:
+            check(typed)
+        return typed
+    except Exception as err:  # Hydra's, OmegaConf's and our checks: a message naming the key
+        _fail(name, err)
+
+
+def _fail(name: str, err: BaseException) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"{name}: error: {one_line(err)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception (and its cause, e.g. OmegaConf's behind Hydra's) as one line."""
+    parts = []
+    while err is not None and len(parts) < 3:
+        first = " ".join(str(err).split("\n")[0].split()).rstrip(".") or type(err).__name__
+        if first not in parts:
+            parts.append(first)
+        err = err.__cause__
+    return ": ".join(parts)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from dsl_scale.checkpoint.readers import resolve_checkpoint
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.parallel.topology import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def convert_in_subprocess(src: Path, dst: Path, kwargs: dict) -> tuple[float, in
 
 
 def measure(source: Path, work: Path) -> list[dict]:
-    tag_dir = resolve_checkpoint(source)
+    tag_dir = open_checkpoint(source).path
     weights_only = [p for p in tag_dir.iterdir() if "optim_states" not in p.name]
     cases = [  # (name, source, destination, convert kwargs, files it reads)
         ("sharded → consolidated", tag_dir, "consolidated", {"to": "consolidated"}, [tag_dir]),
@@ -112,7 +112,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     source = Path(args.checkpoint) if args.checkpoint else make_checkpoint(work, args.model)
     rows = measure(source, work)
-    print(f"source {resolve_checkpoint(source)} (machine shared: timings are noisy)")
+    print(f"source {open_checkpoint(source).path} (machine shared: timings are noisy)")
     print(f"{'conversion':<40}{'read MB':>9}{'written MB':>11}{'s':>8}{'MB/s':>8}{'peak RSS MB':>12}{'cp s':>8}"
           f"{'vs cp':>7}")
     for r in rows:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dsl_scale.checkpoint import hf_mdlm, layout
 from dsl_scale.checkpoint.consolidated import write_consolidated
-from dsl_scale.checkpoint.readers import open_source
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.config import check_parallel_layout
 from dsl_scale.core.files import atomic_directory, atomic_write_text
 
@@ -29,7 +29,10 @@ def convert(src: str | Path, dst: str | Path, to: str, tp: int | None = None, pp
     """Returns a summary: {"to", "dst", "step", "written", "warnings"}."""
     if to not in TARGETS:
         raise ValueError(f"--to {to!r} must be one of {', '.join(TARGETS)}")
-    source = open_source(src, seq_len)
+    opened = open_checkpoint(src, seq_len)
+    if opened.kind == "safetensors":
+        raise ValueError(f"{src} is a bare {opened.path.name} without a run config: convert its run directory")
+    source = opened.reader
     warnings = []
     if optimizer and not source.has_optimizer and to != "hf-mdlm":
         warnings.append(f"{src} holds no optimizer state: a resumed run restarts AdamW's moments from zero")

@@ -120,18 +120,91 @@ def run_config(model_fields: dict, dsl: dict | None = None) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def hf_run_config(path: str | Path) -> dict:
+    """Our run config (defaults) around the shape an MDLM directory's config.json gives."""
+    info = _hf_info(Path(path))
+    fields = {"hidden": info["hidden_dim"], "n_blocks": info["n_blocks"], "n_heads": info["n_heads"],
+              "cond_dim": info["cond_dim"], "seq_len": info["model_length"], "dropout": info.get("dropout", 0.1),
+              "time_conditioning": info.get("time_conditioning", False), "mlp_ratio": 4}
+    return run_config(fields, info.get("dsl_scale"))
+
+
 def read_hf(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(our full weights, our run config) from an MDLM directory."""
     path = Path(path)
-    info = json.loads((path / "config.json").read_text())
+    info = _hf_info(path)
     weights = from_hf_names(load_safetensors(path / WEIGHTS), int(info["n_heads"]))
     dsl = info.get("dsl_scale")
     if dsl:
         weights.update(load_safetensors(path / dsl.get("converter_file", CONVERTER)))
-    fields = {"hidden": info["hidden_dim"], "n_blocks": info["n_blocks"], "n_heads": info["n_heads"],
-              "cond_dim": info["cond_dim"], "seq_len": info["model_length"], "dropout": info.get("dropout", 0.1),
-              "time_conditioning": info.get("time_conditioning", False), "mlp_ratio": 4}
-    return weights, run_config(fields, dsl)
+    return weights, hf_run_config(path)
+
+
+_CONFIG_FIELDS = ("vocab_size", "hidden_dim", "n_blocks", "n_heads", "cond_dim", "model_length")
+
+
+def _hf_info(path: Path) -> dict:
+    file = path / "config.json"
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"could not read {file}: {err}") from err
+    missing = [k for k in _CONFIG_FIELDS if k not in info]
+    if missing:
+        raise ValueError(f"{file} lacks the MDLM config field(s) {missing}")
+    return info
+
+
+def hf_shapes(info: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor an MDLM directory with this config.json holds, and its shape (rotary_emb.inv_freq is optional:
+    it is recomputed from the head size)."""
+    vocab, hidden, cond = int(info["vocab_size"]), int(info["hidden_dim"]), int(info["cond_dim"])
+    shapes = {"vocab_embed.embedding": (vocab, hidden), "sigma_map.mlp.0.weight": (cond, 256),
+              "sigma_map.mlp.0.bias": (cond,), "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,)}
+    block = {"norm1.weight": (hidden,), "norm2.weight": (hidden,), "attn_qkv.weight": (3 * hidden, hidden),
+             "attn_out.weight": (hidden, hidden), "mlp.0.weight": (4 * hidden, hidden), "mlp.0.bias": (4 * hidden,),
+             "mlp.2.weight": (hidden, 4 * hidden), "mlp.2.bias": (hidden,),
+             "adaLN_modulation.weight": (6 * hidden, cond), "adaLN_modulation.bias": (6 * hidden,)}
+    for i in range(int(info["n_blocks"])):
+        shapes.update({f"blocks.{i}.{k}": v for k, v in block.items()})
+    shapes.update({"output_layer.norm_final.weight": (hidden,), "output_layer.linear.weight": (vocab, hidden),
+                   "output_layer.linear.bias": (vocab,), "output_layer.adaLN_modulation.weight": (2 * hidden, cond),
+                   "output_layer.adaLN_modulation.bias": (2 * hidden,)})
+    return {"backbone." + k: v for k, v in shapes.items()}
+
+
+def check_hf_dir(path: str | Path) -> None:
+    """An MDLM directory holds every tensor its config.json implies, each of that shape, and nothing else
+    (headers only are read). Raises ValueError naming the file and the first problems."""
+    from dsl_scale.checkpoint.safe_load import safetensors_metadata
+
+    path = Path(path)
+    info = _hf_info(path)
+    file = path / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has a config.json but no {WEIGHTS}")
+    found = {k: tuple(shape) for k, (_, shape) in safetensors_metadata(file).items()}
+    expected = hf_shapes(info)
+    rotary = "backbone.rotary_emb.inv_freq"
+    hidden, heads = int(info["hidden_dim"]), int(info["n_heads"])
+    if hidden % heads:
+        raise ValueError(f"{path / 'config.json'}: hidden_dim={hidden} is not divisible by n_heads={heads}")
+    expected_rotary = (hidden // heads // 2,)
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"{k} has shape {list(found[k])}, expected {list(v)}" for k, v in expected.items()
+                 if k in found and found[k] != v]
+    if rotary in found and found[rotary] != expected_rotary:
+        problems.append(f"{rotary} has shape {list(found[rotary])}, expected {list(expected_rotary)}")
+    problems += [f"unexpected {k}" for k in found if k not in expected and k != rotary]
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise ValueError(f"{file} does not match its config.json (hidden_dim={hidden}, n_blocks={info['n_blocks']}, "
+                         f"n_heads={heads}, cond_dim={info['cond_dim']}, vocab_size={info['vocab_size']}): "
+                         + "; ".join(problems[:4]) + more)
+    dsl = info.get("dsl_scale")
+    if dsl and not (path / dsl.get("converter_file", CONVERTER)).is_file():
+        raise FileNotFoundError(f"{path / 'config.json'} names a DSL converter file "
+                                f"{dsl.get('converter_file', CONVERTER)}, which is missing")
 
 
 def mdlm_parameter_order(n_blocks: int) -> list[str]:
@@ -156,15 +229,28 @@ def read_lightning(file: str | Path, seq_len: int = 1024, dropout: float = 0.1,
     shape is read off the tensors (heads from the rotary frequencies); the sequence length is not stored."""
     checkpoint = torch_load(file, mmap=False)
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not state:
-        raise KeyError(f"{file} has no `state_dict`: not a Lightning checkpoint of the MDLM code")
+    if not state or not isinstance(state, dict):
+        raise ValueError(f"{file} has no `state_dict`: not a Lightning checkpoint of the MDLM code")
     backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    needed = ("backbone.vocab_embed.embedding", "backbone.rotary_emb.inv_freq", "backbone.sigma_map.mlp.0.weight")
+    lacking = [k for k in needed if k not in backbone]
+    if lacking:
+        found = ", ".join(list(state)[:5]) or "nothing"
+        raise ValueError(f"{file} is a Lightning checkpoint but not of MDLM's DiT: its state_dict lacks {lacking} "
+                         f"(it holds {found}{', …' if len(state) > 5 else ''})")
     hidden = backbone["backbone.vocab_embed.embedding"].shape[1]
     n_heads = hidden // (2 * backbone["backbone.rotary_emb.inv_freq"].numel())
     n_blocks = len({k.split(".")[2] for k in backbone if k.startswith("backbone.blocks.")})
     fields = {"hidden": hidden, "n_blocks": n_blocks, "n_heads": n_heads, "mlp_ratio": 4, "seq_len": seq_len,
               "cond_dim": backbone["backbone.sigma_map.mlp.0.weight"].shape[0], "dropout": dropout,
               "time_conditioning": time_conditioning}
+    expected = hf_shapes({"vocab_size": backbone["backbone.vocab_embed.embedding"].shape[0], "hidden_dim": hidden,
+                          "n_blocks": n_blocks, "cond_dim": fields["cond_dim"]})
+    problems = [f"missing {k}" for k in expected if k not in backbone]
+    problems += [f"{k} has shape {list(backbone[k].shape)}, expected {list(v)}" for k, v in expected.items()
+                 if k in backbone and tuple(backbone[k].shape) != v]
+    if problems:
+        raise ValueError(f"{file}: the MDLM backbone is incomplete or misshaped: {'; '.join(problems[:4])}")
     ema = None
     shadow = (checkpoint.get("ema") or {}).get("shadow_params")
     if shadow is not None:

@@ -1,4 +1,5 @@
-"""A trained checkpoint (saved at any TP × PP × ZeRO layout, or consolidated) as a model for inference in
+"""A trained checkpoint (any kind source.py opens: ours at any TP × PP × ZeRO layout, consolidated, a Hugging
+Face MDLM directory or Hub id, a Lightning file) as a model for inference in
 one process, on this rank's compute device (core/device.py) and in the precision asked for."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dsl_scale.checkpoint.readers import load_model_weights, load_training_config, resolve_checkpoint
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.config import Config, config_from_saved
 from dsl_scale.core.device import compute_device
 from dsl_scale.model import DiT
@@ -55,16 +56,20 @@ def load_for_inference(checkpoint: str | Path, weights: str = "auto", precision:
     built and loaded on the CPU, then moved to `device` (default: compute_device()) in `precision`."""
     device = compute_device() if device is None else torch.device(device)
     resolved = inference_precision(precision, device)
-    tag_dir = resolve_checkpoint(checkpoint)
-    saved = load_training_config(tag_dir)
-    train_cfg = config_from_saved(saved)
+    opened = open_checkpoint(checkpoint)
+    tag_dir = opened.path
+    if not opened.config:
+        raise KeyError(f"{tag_dir} ({opened.kind}) carries no run config: sampling needs our run, a consolidated "
+                       "or a Hugging Face MDLM directory")
+    train_cfg = config_from_saved(opened.config)
     tokenizer = get_tokenizer(train_cfg.data.tokenizer)
     model = build_dit(train_cfg.model, tokenizer.vocab_size, train_cfg.train.seed,
                       causal=train_cfg.objective.name == "ar", objective=train_cfg.objective,
                       mask_id=tokenizer.mask_id)
-    state, which = load_model_weights(tag_dir, weights)
+    state, which = opened.weights(weights)
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]  # megatron's, always empty
+    # megatron's _extra_state is always empty; rotary frequencies are recomputed when a directory leaves them out
+    missing = [k for k in result.missing_keys if not k.endswith(("_extra_state", "inv_freq"))]
     if missing or result.unexpected_keys:
         raise KeyError(f"{tag_dir}: weights do not fit the model (missing {missing[:5]}, "
                        f"unexpected {result.unexpected_keys[:5]})")

@@ -1,37 +1,10 @@
-"""Starting weights for fine-tuning (`init_from=`): full fp32 tensors, placed into any TP/PP layout."""
+"""Starting weights for fine-tuning (`init_from=`): full fp32 tensors (source.py opens any checkpoint), placed
+into any TP/PP layout."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
-
-from dsl_scale.checkpoint.consolidated import is_consolidated
-from dsl_scale.checkpoint.hf_mdlm import is_hf_dir, read_hf
-from dsl_scale.checkpoint.readers import load_model_weights, resolve_checkpoint
-from dsl_scale.checkpoint.safe_load import load_safetensors
-
-CONSOLIDATED = "model.safetensors"
-
-
-def load_full_weights(path: str | Path, weights: str = "auto") -> dict[str, torch.Tensor]:
-    """A `model.safetensors` (a file, a consolidated directory holding one, or a run's `final/`), a Hugging
-    Face MDLM directory, or one of our training checkpoints at any TP × PP × ZeRO layout (a run or
-    checkpoint directory)."""
-    path = Path(path)
-    if is_hf_dir(path):
-        return read_hf(path)[0]
-    if is_consolidated(path):  # like a training checkpoint: EMA weights when it has them (weights="auto")
-        state, _ = load_model_weights(path, weights)
-        return state
-    for candidate in (path, path / CONSOLIDATED, path / "final" / CONSOLIDATED):
-        if candidate.is_file() and candidate.suffix == ".safetensors":
-            return load_safetensors(candidate)
-    if not path.exists():
-        raise FileNotFoundError(f"init_from={path} does not exist")
-    state, _ = load_model_weights(resolve_checkpoint(path), weights)
-    return {k: v for k, v in state.items() if torch.is_tensor(v)}
 
 
 def _shard(full: torch.Tensor, local: torch.Tensor, tp_rank: int) -> torch.Tensor:

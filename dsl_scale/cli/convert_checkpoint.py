@@ -12,6 +12,7 @@ DST must not exist; it appears only when the conversion has finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        summary = convert(args.src, args.dst, args.to, tp=args.tp, pp=args.pp, ema=args.ema, dtype=args.dtype,
-                          optimizer=not args.no_optimizer, seq_len=args.seq_len)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON summary
+            summary = convert(args.src, args.dst, args.to, tp=args.tp, pp=args.pp, ema=args.ema, dtype=args.dtype,
+                              optimizer=not args.no_optimizer, seq_len=args.seq_len)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError, RuntimeError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

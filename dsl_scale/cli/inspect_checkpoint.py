@@ -2,44 +2,47 @@
 
     python tools/inspect_checkpoint.py PATH [--keys] [--json]     (or the console script: dsl-inspect-checkpoint)
 
-PATH: a run (or its checkpoints/ or a step directory) at any layout, a consolidated or Hugging Face MDLM
-directory, or a Lightning `.ckpt`. Only safetensors headers and weights-only torch files are read.
+PATH: anything checkpoint/source.py opens: a run (or its checkpoints/ or a step directory) at any layout, a
+consolidated or Hugging Face MDLM directory, a Hub id in the local cache, a model.safetensors or a Lightning `.ckpt`.
+Only safetensors headers and weights-only torch files are read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from collections import Counter
 from pathlib import Path
 
-from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
-from dsl_scale.checkpoint.hf_mdlm import is_hf_dir
-from dsl_scale.checkpoint.readers import TensorSource, open_source
 from dsl_scale.checkpoint.safe_load import safetensors_metadata
+from dsl_scale.checkpoint.source import open_checkpoint
 
 
 def describe(path: str | Path) -> dict:
-    path = Path(path)
-    if is_hf_dir(path):
-        info = json.loads((path / "config.json").read_text())
+    opened = open_checkpoint(path)
+    kind, where = opened.kind, opened.path
+    if kind == "hf-mdlm":
+        info = json.loads((where / "config.json").read_text())
         tensors = {}
-        for file in sorted(path.glob("*.safetensors")):
+        for file in sorted(where.glob("*.safetensors")):
             tensors.update(safetensors_metadata(file))
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        return _summary("hf-mdlm", path, None, {k: info.get(k) for k in ("hidden_dim", "n_blocks", "n_heads")},
+        files = sorted(p for p in where.iterdir() if p.is_file())
+        return _summary(kind, where, None, {k: info.get(k) for k in ("hidden_dim", "n_blocks", "n_heads")},
                         tensors, files, ["model"])
-    source = open_source(path)
-    if isinstance(source, ConsolidatedCheckpoint):
+    if kind == "safetensors":
+        return _summary(kind, where, None, {}, safetensors_metadata(where), [where], ["model"])
+    source = opened.reader
+    if kind == "consolidated":
         tensors = safetensors_metadata(source.dir / "model.safetensors")
         layout = {"format": "consolidated (layout-free)"}
-        return _summary("consolidated", source.dir, source.step, layout, tensors, source.files(), source.available())
-    if isinstance(source, TensorSource):
+        return _summary(kind, source.dir, source.step, layout, tensors, source.files(), source.available())
+    if kind == "lightning":
         model = source.full("model")
         tensors = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in model.items()}
-        return _summary("lightning", path, None, {}, tensors, [path], source.available())
+        return _summary(kind, where, None, {}, tensors, [where], source.available())
     model = source.full("model")
     tensors = {k: (source.saved_dtype(k), list(v.shape)) for k, v in model.items()}
     layout = {"tp": source.tp, "pp": source.pp, "dp": source.dp, "zero_stage": source.zero_stage}
@@ -64,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the whole description as JSON")
     args = parser.parse_args(argv)
     try:
-        info = describe(args.path)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError, PermissionError) as err:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries' import-time notices must not spoil --json
+            info = describe(args.path)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError, PermissionError) as err:  # CheckpointError too
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:

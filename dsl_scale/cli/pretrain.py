@@ -18,7 +18,20 @@ def run(cfg) -> None:
     shutdown_process_groups()
 
 
+def check(cfg) -> None:
+    """The config's own checks at the launcher's world size (before torch is imported)."""
+    import os
+
+    from dsl_scale.config import validate
+
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+GROUPS = ("model", "objective", "preset")
+
+
 def main() -> None:
     from dsl_scale.config import register_configs
 
-    hydra_main(run, config_name="config", register=register_configs)
+    hydra_main(run, config_name="config", register=register_configs, check=check, groups=GROUPS,
+               doc=__doc__.splitlines()[0])

@@ -20,7 +20,14 @@ def run(cfg) -> None:
     run_sampling(cfg)
 
 
+def check(cfg) -> None:
+    from dsl_scale.sampling.config import validate_sample_config
+
+    validate_sample_config(cfg, (cfg.sampler.name,))  # the sampler's name: composed from configs/sampler/
+
+
 def main() -> None:
     from dsl_scale.sampling.config import register_sample_configs
 
-    hydra_main(run, config_name="sample", register=register_sample_configs)
+    hydra_main(run, config_name="sample", register=register_sample_configs, check=check, groups=("sampler",),
+               doc=__doc__.splitlines()[0])

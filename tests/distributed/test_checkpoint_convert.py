@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsl_scale.checkpoint.init_from import load_full_weights
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.config import ModelConfig
 from dsl_scale.model.factory import build_dit
 from tests.launching import REPO, env, read_jsonl, run
@@ -61,7 +61,7 @@ def check_consolidation(run_dir, out) -> dict[str, torch.Tensor]:
     ema = load_file(out / "ema.safetensors")
     assert set(ema) == {k for k in final if not k.endswith("inv_freq")}
     assert all(ema[k].shape == final[k].shape for k in ema)
-    ours = logits_of(load_full_weights(out, weights="model"))
+    ours = logits_of(open_checkpoint(out).weights("model")[0])
     reference = logits_of(final)
     assert ours.std() > 0.01  # the trained output layer is no longer zero
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)

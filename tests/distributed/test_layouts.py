@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsl_scale.checkpoint.readers import load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.source import open_checkpoint
 from tests.launching import read_jsonl, run
 
 pytestmark = pytest.mark.distributed
@@ -52,7 +52,7 @@ def check_layout(reference, wiki_shards, tmp_path, ranks, tp, pp, zero, sp=False
     for name, value in weights.items():
         torch.testing.assert_close(value, ref_weights[name], atol=1e-5, rtol=0, msg=name)
     if zero < 3:  # the sharded checkpoint of this layout merges back into the same weights
-        merged, _ = load_model_weights(resolve_checkpoint(tmp_path), "model")
+        merged, _ = open_checkpoint(tmp_path).weights("model")
         for name, value in weights.items():
             assert torch.equal(merged[name], value), name
 

@@ -10,7 +10,8 @@ import torch
 
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint
 from dsl_scale.checkpoint.consolidated import write_consolidated as write
-from dsl_scale.checkpoint.readers import TensorSource, load_model_weights, resolve_checkpoint
+from dsl_scale.checkpoint.readers import TensorSource
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.core.files import atomic_directory
 
 
@@ -41,9 +42,9 @@ def test_each_rank_reads_its_slice(checkpoint):
 def test_readers_take_a_consolidated_directory(checkpoint, tmp_path):
     ckpt, tensors = checkpoint
     assert ckpt.step == 9 and ckpt.available() == ["model", "ema"] and not ckpt.has_optimizer
-    assert resolve_checkpoint(ckpt.dir) == ckpt.dir
-    state, which = load_model_weights(ckpt.dir)
+    assert open_checkpoint(ckpt.dir).path == ckpt.dir
+    state, which = open_checkpoint(ckpt.dir).weights()
     assert which == "ema" and torch.equal(state["col"], tensors["ema"]["col"])
     assert torch.equal(state["row"], tensors["model"]["row"])
-    state, which = load_model_weights(ckpt.dir, "model")
+    state, which = open_checkpoint(ckpt.dir).weights("model")
     assert which == "model" and torch.equal(state["col"], tensors["model"]["col"])

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from dsl_scale.checkpoint.consolidated import write_consolidated
 from dsl_scale.checkpoint.convert import convert
 from dsl_scale.checkpoint.hf_mdlm import mdlm_parameter_order, qkv_from_hf, qkv_to_hf, write_hf
-from dsl_scale.checkpoint.init_from import load_full_weights
 from dsl_scale.checkpoint.readers import TensorSource
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.config import Config, ModelConfig, ObjectiveConfig
 from dsl_scale.core.files import atomic_directory
 from dsl_scale.model.factory import build_dit
@@ -87,7 +87,7 @@ def test_hf_to_ours_to_hf_is_byte_identical(process_group, tmp_path):
     with atomic_directory(tmp_path / "hf") as tmp:
         write_hf(weights_of(model), run_config(MICRO), tmp)
     convert(tmp_path / "hf", tmp_path / "ours", "consolidated")
-    ours = load_full_weights(tmp_path / "ours")
+    ours = open_checkpoint(tmp_path / "ours").weights()[0]
     for name, value in weights_of(model).items():  # back in our layout (per-head QKV) exactly
         assert torch.equal(ours[name], value), name
     convert(tmp_path / "ours", tmp_path / "hf2", "hf-mdlm")
@@ -112,7 +112,7 @@ def test_dsl_model_exports_its_converter_beside_the_backbone(process_group, tmp_
     info = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert info["dsl_scale"] == {"objective": "dsl", "converter_file": "dsl_converter.safetensors", "key_dim": 8,
                                  "key_seed": 0, "tokenizer": "gpt2"}
-    back = load_full_weights(tmp_path / "hf")  # init_from= accepts the directory itself
+    back = open_checkpoint(tmp_path / "hf").weights()[0]  # init_from= accepts the directory itself
     assert set(back) == set(weights)
     for name, value in weights.items():
         assert torch.equal(back[name], value), name
@@ -136,11 +136,11 @@ def test_lightning_checkpoint_with_its_ema_list_imports_for_init_from(process_gr
     info = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert {k: info["config"]["model"][k] for k in ("hidden", "n_blocks", "n_heads", "cond_dim", "seq_len")} == {
         "hidden": 32, "n_blocks": 2, "n_heads": 2, "cond_dim": 16, "seq_len": 32}
-    loaded = load_full_weights(tmp_path / "ours")  # EMA weights by default, like a training checkpoint
+    loaded = open_checkpoint(tmp_path / "ours").weights()[0]  # EMA weights by default, like a training checkpoint
     for name, value in weights_of(ema_model).items():
         if not name.endswith("inv_freq"):
             assert torch.equal(loaded[name], value), name
-    raw = load_full_weights(tmp_path / "ours", weights="model")
+    raw = open_checkpoint(tmp_path / "ours").weights("model")[0]
     for name, value in weights_of(model).items():
         assert torch.equal(raw[name], value), name
 

@@ -10,7 +10,8 @@ import torch
 from dsl_scale.checkpoint import layout
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, write_consolidated
 from dsl_scale.checkpoint.hf_mdlm import write_hf
-from dsl_scale.checkpoint.readers import CheckpointReader, TensorSource, open_source
+from dsl_scale.checkpoint.readers import CheckpointReader, TensorSource
+from dsl_scale.checkpoint.source import open_checkpoint
 from dsl_scale.checkpoint.zero_reader import TrainingCheckpoint
 from dsl_scale.core.files import atomic_directory
 
@@ -49,16 +50,17 @@ def test_deepspeed_consolidated_and_hf_readers_share_one_interface(process_group
                tag / layout.model_states_name(0))
     (tag / layout.META).write_text(json.dumps({"step": 7, "tp": 1, "pp": 1, "dp": 1}))
     (tag.parent / layout.LATEST).write_text(tag.name)
-    shards = open_source(tmp_path / "run")
+    shards = open_checkpoint(tmp_path / "run").reader
     assert isinstance(shards, TrainingCheckpoint)
     assert_reads_back(shards, weights, 7)
 
     with atomic_directory(tmp_path / "consolidated") as out:
         write_consolidated(TensorSource({"model": weights}, CONFIG, step=7), out)
-    consolidated = open_source(tmp_path / "consolidated")
+    consolidated = open_checkpoint(tmp_path / "consolidated").reader
     assert isinstance(consolidated, ConsolidatedCheckpoint)
     assert_reads_back(consolidated, weights, 7)
 
     with atomic_directory(tmp_path / "hf") as out:
         write_hf(weights, CONFIG, out)
-    assert_reads_back(open_source(tmp_path / "hf"), {k: v for k, v in weights.items() if "rotary" not in k}, 0)
+    hf = open_checkpoint(tmp_path / "hf").reader
+    assert_reads_back(hf, {k: v for k, v in weights.items() if "rotary" not in k}, 0)
