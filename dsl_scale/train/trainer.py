@@ -32,7 +32,7 @@ from dsl_scale.parallel.topology import init_process_groups, process_group_backe
 from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import preemption
 from dsl_scale.train.ema import EMA
-from dsl_scale.train.metrics import MetricsWriter
+from dsl_scale.train.metrics import MetricsWriter, Progress, run_throughput
 
 
 class Trainer:
@@ -199,24 +199,30 @@ class Trainer:
 
     def fit(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        tokens_per_step = t.global_batch * cfg.model.seq_len
+        throughput = run_throughput(cfg.model, self.tokenizer.vocab_size, self.topo.world_size, compute_device(),
+                                    resolved_precision(t.precision)) if self.topo.rank == 0 else None
+        progress = Progress(self.step, t.steps, tokens_per_step, compute_device(), throughput, t.max_minutes)
         self.log(
             f"world {self.topo.world_size} (tp {self.topo.tp} × pp {self.topo.pp} × dp {self.topo.dp}), "
             f"ZeRO-{cfg.parallel.zero_stage}, {resolved_precision(t.precision)}, model {cfg.model.name} "
             f"({self.num_parameters / 1e6:.1f}M params on this rank), {len(self.train_data)} train blocks of "
-            f"{cfg.model.seq_len}, global batch {t.global_batch}, steps {self.step} → {t.steps}"
+            f"{cfg.model.seq_len}, global batch {t.global_batch}, {progress.plan}"
         )
+        if throughput is not None:
+            self.log(f"MFU against {throughput.peak_source}; {throughput.flops_per_token / 1e6:,.1f} MFLOP/token")
         batches = train_batches(self.train_data, cfg.data, t.global_batch, self.topo.dp_rank, self.topo.dp, t.seed)
         if self.step == 0:
             self._record_eval()
         deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-        tokens_per_step = t.global_batch * cfg.model.seq_len
+        progress.start()  # the step loop's clock and time box start here, after the first evaluation
         preempted = False
         pending: list[dict] = []  # step records whose device values are not read yet
         while self.step < t.steps:
             started = time.perf_counter()
             self.step += 1
             record = {"step": self.step, **self.train_step(batches)}
-            record["tokens_per_s"] = tokens_per_step / (time.perf_counter() - started)
+            record.update(progress.fields(self.step, time.perf_counter() - started))
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
             out_of_time, preempted = self._stop_flags(time.monotonic() > deadline)
             if evaluating or out_of_time:
@@ -229,8 +235,7 @@ class Trainer:
                     self.metrics.log_step(done)
                 pending.clear()
             if logging:
-                self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in record.items()))
+                self.log(progress.line(record))
             if saving:
                 self.save()
             if preempted:
