@@ -112,10 +112,27 @@ def _keep_zero1_optimizer():
     return undo
 
 
-def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int):
-    """MDLM's schedule: lr · min(1, k / warmup) for the k-th update (k from 1), then constant."""
-    warmup = max(warmup_steps, 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / warmup))
+def lr_factor(k: int, warmup_steps: int, schedule: str = "constant", total_steps: int = 0,
+              min_lr_ratio: float = 0.0, decay_steps: int = 0) -> float:
+    """The LR multiplier of the k-th update (k from 1): linear warm-up over warmup_steps, then
+    constant: 1 (MDLM's schedule);
+    cosine: from 1 down to min_lr_ratio at total_steps (half a cosine);
+    wsd (warmup-stable-decay): 1 until the last decay_steps updates, then linearly down to min_lr_ratio."""
+    warm = min(1.0, k / max(warmup_steps, 1))
+    if schedule == "cosine" and k > warmup_steps:
+        progress = min(1.0, (k - warmup_steps) / max(total_steps - warmup_steps, 1))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "wsd" and decay_steps > 0 and k > total_steps - decay_steps:
+        progress = min(1.0, (k - (total_steps - decay_steps)) / decay_steps)
+        return warm * (1.0 - (1.0 - min_lr_ratio) * progress)
+    return warm
+
+
+def warmup_then_constant(optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: str = "constant",
+                         total_steps: int = 0, min_lr_ratio: float = 0.0, decay_steps: int = 0):
+    """The LR schedule of `lr_factor` (the name is MDLM's default: warm-up, then constant)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: lr_factor(
+        done + 1, warmup_steps, schedule, total_steps, min_lr_ratio, decay_steps))
 
 
 def sum_sequence_parallel_grads(module: torch.nn.Module) -> None:
@@ -153,7 +170,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, topo: Topology):
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(cfg, topo),
         mpu=MegatronMPU(),
-        lr_scheduler=lambda optimizer: warmup_then_constant(optimizer, cfg.optim.warmup_steps),
+        lr_scheduler=lambda optimizer: warmup_then_constant(
+            optimizer, cfg.optim.warmup_steps, cfg.optim.schedule, cfg.train.steps, cfg.optim.min_lr_ratio,
+            cfg.optim.decay_steps),
     )
     buffers_to(engine.module, compute_device())  # ZeRO-3: DeepSpeed does not move a zero.Init model
     if bf16 and cfg.parallel.zero_stage == 0:

@@ -4,6 +4,7 @@ a preset at another world size fails with the key's name before anything runs.""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
@@ -15,8 +16,10 @@ from dsl_scale.config import Config, check_parallel_layout, register_configs, to
 from dsl_scale.launch import CONFIG_DIR, check_ranks_per_node
 from tests.launching import REPO
 
+REFERENCE_CONFIG = json.loads((REPO / "tests" / "fixtures" / "mdlm_owt_small.json").read_text())["config_json"]
 GPT2_VOCAB = 50258  # GPT-2's 50257 ids and [MASK] (dsl_scale/tokenizer.py)
-PRESETS = sorted(p.stem for p in (REPO / "configs" / "preset").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (REPO / "configs" / "preset").glob("gpu_*.yaml"))
+RECIPES = ("dsl_from_mdlm_owt_1node", "dsl_from_mdlm_owt_4node")
 
 
 def composed(config_name: str, overrides: list[str]) -> Config:
@@ -140,3 +143,30 @@ def test_the_readmes_submit_commands_pass_submits_own_checks(capsys):
         args = words[next(i for i, w in enumerate(words) if w.endswith("submit.py")) + 1:]
         submit.submit([*args, "--dry-run"])
         assert capsys.readouterr().out.startswith("sbatch ")
+
+
+@pytest.mark.parametrize("preset", RECIPES)
+def test_the_dsl_from_mdlm_owt_recipe_validates_at_its_stated_world_size(preset):
+    cfg = composed("finetune", [f"preset={preset}"])
+    assert (cfg.model.name, cfg.objective.name, cfg.init_from) == ("from_checkpoint", "dsl", "kuleshov-group/mdlm-owt")
+    assert (cfg.optim.schedule, cfg.optim.min_lr_ratio, cfg.optim.warmup_steps) == ("cosine", 0.1, 1000)
+    assert (cfg.train.ema, cfg.model.dropout, cfg.objective.mdlm_fraction) == (0.9999, 0.1, 0.25)
+    for key, field in (("hidden_dim", "hidden"), ("n_blocks", "n_blocks"), ("n_heads", "n_heads"),
+                       ("cond_dim", "cond_dim")):  # the shape init_from gives at start (its config.json)
+        setattr(cfg.model, field, REFERENCE_CONFIG[key])
+    world = stated_world(preset.replace("dsl_from_mdlm_owt", "gpu_small"))
+    validate(cfg, world)
+    check_parallel_layout(cfg.model, GPT2_VOCAB, cfg.parallel.tp, cfg.parallel.pp, world)
+    assert (cfg.train.precision, cfg.parallel.zero_stage, cfg.train.global_batch, cfg.model.seq_len) == (
+        "bf16", 1, 512, 1024)
+    submit.check_job_config("finetune", submit.load_cluster([f"cluster=gpu_{preset.rsplit('_', 1)[1]}"]),
+                            [f"preset={preset}"])
+
+
+def test_the_cpu_twin_keeps_the_recipes_structure():
+    twin = composed("finetune", ["preset=dsl_from_mdlm_owt_cpu", "init_from=x"])
+    full = composed("finetune", ["preset=dsl_from_mdlm_owt_1node"])
+    for get in (lambda c: c.model.name, lambda c: c.objective.name, lambda c: c.optim.schedule,
+                lambda c: c.optim.min_lr_ratio, lambda c: c.objective.mdlm_fraction, lambda c: c.model.dropout):
+        assert get(twin) == get(full)
+    assert 0 < twin.train.ema < 1 and twin.train.save_every < twin.train.steps
