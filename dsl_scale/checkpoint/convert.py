@@ -51,7 +51,7 @@ def convert(src: str | Path, dst: str | Path, to: str, tp: int | None = None, pp
                 if "ema" not in source.available():
                     raise FileNotFoundError(f"--ema, but {src} holds no EMA weights")
                 weights.update(source.full("ema"))
-            hf_mdlm.write_hf(weights, source.config, tmp, dtype)
+            hf_mdlm.write_hf(weights, source.config, tmp, dtype, step=source.step, source=str(src))
             written = ["ema" if ema else "model"]
     return {"to": to, "dst": str(dst), "step": source.step, "written": written, "warnings": warnings}
 

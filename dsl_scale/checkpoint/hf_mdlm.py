@@ -6,12 +6,15 @@ mlp.0/mlp.2, the rest unchanged). Our `attn_qkv` rows are grouped per head (q, k
 head 1, …) so a tensor-parallel shard holds whole heads; MDLM's are all queries, then all keys, then
 all values. DSL models export the backbone in this format and their converter (`converter.*`, our
 names, incl. the DSL keys) in `dsl_converter.safetensors` beside it; config.json's `dsl_scale` entry
-says so. MDLM code ignores that file; our importer reads it back.
+says so and names each converter tensor (CONVERTER_TENSORS), and the model card (README.md) gives the
+converter's formula. MDLM code ignores that file; our importer reads it back. GPT-2 runs also get the
+tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json: [MASK] = 50257).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -84,12 +87,29 @@ def hf_config(config: dict, weights: dict[str, torch.Tensor], dtype: str) -> dic
     if any(name.startswith("converter.") for name in weights):
         out["dsl_scale"] = {"objective": "dsl", "converter_file": CONVERTER,
                             "key_dim": int(objective.get("key_dim", weights["converter.keys"].shape[1])),
-                            "key_seed": int(objective.get("key_seed", 0)), "tokenizer": config["data"]["tokenizer"]}
+                            "key_seed": int(objective.get("key_seed", 0)), "tokenizer": config["data"]["tokenizer"],
+                            "converter_tensors": {k: v for k, v in CONVERTER_TENSORS.items() if k in weights}}
     return out
 
 
-def write_hf(weights: dict[str, torch.Tensor], config: dict, out_dir: Path, dtype: str = "fp32") -> None:
-    """An MDLM directory from our full weights and run config, into `out_dir` (exists, empty)."""
+# DSL's converter (model/converter.py) as the export documents it: p = softmax(beta · z·[K; 0]ᵀ + [b; b_mask]) in
+# fp32 over the V token slots and one mask slot, then h = [W; w_mask]ᵀ p + c replaces the embedding lookup.
+CONVERTER_TENSORS = {
+    "converter.keys": "K [V, key_dim]: the frozen unit-norm token keys of the channel z = s·K_x + √s·ε",
+    "converter.token_weight": "W [V, hidden]: the embedding each token slot maps to",
+    "converter.token_bias": "b [V]: the token slots' logit bias",
+    "converter.mask_weight": "w_mask [hidden]: the mask slot's embedding",
+    "converter.mask_bias": "b_mask [1]: the mask slot's logit bias",
+    "converter.beta": "beta [1]: the inverse temperature on z·Kᵀ",
+    "converter.out_bias": "c [hidden]: added to h",
+}
+
+
+def write_hf(weights: dict[str, torch.Tensor], config: dict, out_dir: Path, dtype: str = "fp32",
+             step: int | None = None, source: str | None = None, tokenizer: bool = True) -> None:
+    """An MDLM directory from our full weights and run config, into `out_dir` (exists, empty): the backbone
+    (model.safetensors, config.json, the modeling code), a DSL model's converter beside it, the tokenizer files
+    (GPT-2 runs) and a model card (README.md)."""
     info = hf_config(config, weights, dtype)
     save_tensors(to_hf_names(weights, info["n_heads"]), out_dir / WEIGHTS, DTYPES[dtype])
     converter = {k: v for k, v in weights.items() if k.startswith("converter.")}
@@ -98,6 +118,84 @@ def write_hf(weights: dict[str, torch.Tensor], config: dict, out_dir: Path, dtyp
     (out_dir / "config.json").write_text(json.dumps(info, indent=2))
     for name in CODE_FILES:
         shutil.copyfile(CODE_DIR / name, out_dir / name)
+    tokenizer_name = (config.get("data") or {}).get("tokenizer", "gpt2")
+    wrote_tokenizer = tokenizer and tokenizer_name == "gpt2"
+    if wrote_tokenizer:
+        for name, data in gpt2_tokenizer_files().items():
+            (out_dir / name).write_bytes(data)
+    (out_dir / "README.md").write_text(model_card(config, info, step, source, wrote_tokenizer))
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_tokenizer_files() -> dict[str, bytes]:
+    """transformers' fast-tokenizer files of our GPT-2 tokenizer (tokenizer.py): GPT-2's BPE from the same
+    gpt2.tiktoken, <|endoftext|> = 50256 as BOS/EOS, [MASK] = 50257. Built once per process (a few seconds)."""
+    import tempfile
+
+    from tiktoken_ext.openai_public import r50k_pat_str
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from dsl_scale.tokenizer import ENDOFTEXT, MASK_TEXT, get_tokenizer, gpt2_tiktoken_path
+
+    ours = get_tokenizer("gpt2")
+    converted = TikTokenConverter(vocab_file=gpt2_tiktoken_path(), pattern=r50k_pat_str,
+                                  additional_special_tokens={ENDOFTEXT: ours.eos_id}).converted()
+    fast = PreTrainedTokenizerFast(tokenizer_object=converted, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT,
+                                   unk_token=ENDOFTEXT, model_max_length=int(1e30))
+    fast.add_special_tokens({"mask_token": MASK_TEXT})
+    if fast.mask_token_id != ours.mask_id or len(fast) != ours.vocab_size:
+        raise RuntimeError(f"the exported tokenizer puts {MASK_TEXT} at {fast.mask_token_id} (vocabulary "
+                           f"{len(fast)}), ours at {ours.mask_id} ({ours.vocab_size})")
+    with tempfile.TemporaryDirectory() as tmp:
+        fast.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def model_card(config: dict, info: dict, step: int | None, source: str | None, tokenizer: bool) -> str:
+    """README.md of an export: what the model is, how it was trained, how to load it."""
+    objective = (config.get("objective") or {}).get("name", "mdlm")
+    model, data = config.get("model") or {}, config.get("data") or {}
+    optim, train = config.get("optim") or {}, config.get("train") or {}
+    shape = (f"{info['n_blocks']} blocks, hidden {info['hidden_dim']}, {info['n_heads']} heads, cond_dim "
+             f"{info['cond_dim']}, vocabulary {info['vocab_size']}, trained at L = {info['model_length']}")
+    recipe = ", ".join(f"{k} {v}" for k, v in (
+        ("lr", optim.get("lr")), ("warm-up", optim.get("warmup_steps")), ("schedule", optim.get("schedule")),
+        ("min_lr_ratio", optim.get("min_lr_ratio")), ("global batch", train.get("global_batch")),
+        ("steps", train.get("steps")), ("EMA", train.get("ema")), ("dropout", model.get("dropout")),
+        ("precision", train.get("precision")), ("seed", train.get("seed"))) if v is not None)
+    lines = [
+        "---", "library_name: transformers", "tags: [masked-diffusion, mdlm" + (", dsl" if objective == "dsl" else "")
+        + "]", "---", "", f"# {'DSL' if objective == 'dsl' else objective.upper()} model exported by dsl-scale", "",
+        f"- Objective: **{objective}**" + {
+            "mdlm": " (masked diffusion, log-linear schedule, NELBO)",
+            "dsl": " (Discrete Stochastic Localization: unweighted cross-entropy under the localization channel)",
+        }.get(objective, ""),
+        f"- Architecture: MDLM's DiT ({shape}); time conditioning {info['time_conditioning']}",
+        f"- Data: {data.get('path', '?')} (source {data.get('source') or 'prepared beforehand'}, tokenizer "
+        f"{data.get('tokenizer', 'gpt2')})",
+        f"- Steps: {step if step is not None else '?'}" + (f", from {source}" if source else ""),
+        f"- Recipe: {recipe}" + (f"; fine-tuned from {config['init_from']}" if config.get("init_from") else ""),
+        "", "## Load", "", "```python", "import transformers",
+        "model = transformers.AutoModelForMaskedLM.from_pretrained(DIR, trust_remote_code=True)  # MDLM's code",
+    ]
+    if tokenizer:
+        lines += ["tokenizer = transformers.AutoTokenizer.from_pretrained(DIR)  # GPT-2 BPE, [MASK] = 50257",
+                  "logits = model(tokenizer('Hello', return_tensors='pt').input_ids)[0]"]
+    lines += ["```", "", "With dsl-scale: `dsl-sample checkpoint=DIR sampler=mdlm steps=128` (also a Hub id), "
+              "`dsl-finetune init_from=DIR`, `dsl-convert-checkpoint DIR OUT --to consolidated`.", ""]
+    if objective == "dsl":
+        lines += [
+            "## DSL converter", "",
+            f"The backbone above is plain MDLM: reference MDLM code loads it and feeds it tokens and [MASK] through "
+            f"the embedding table. DSL's converter, which maps a noisy observation z (key_dim "
+            f"{info['dsl_scale']['key_dim']}, key seed {info['dsl_scale']['key_seed']}) to the backbone's input "
+            f"embedding, is in `{CONVERTER}` beside it (MDLM code ignores that file; dsl-scale reads it back):", "",
+            "p = softmax(beta · z·Kᵀ + b over the V token slots, with one mask slot of logit b_mask), in fp32;",
+            "h = Σ_v p_v W_v + p_mask · w_mask + c replaces the embedding lookup of that position.", "",
+            "| tensor | meaning |", "|---|---|",
+            *(f"| `{name}` | {meaning} |" for name, meaning in CONVERTER_TENSORS.items()), ""]
+    return "\n".join(lines)
 
 
 def is_hf_dir(path: str | Path) -> bool:

@@ -69,6 +69,8 @@ def test_small_export_has_mdlm_keys_shapes_config_and_loads_in_transformers(proc
     assert {k: list(v.shape) for k, v in tensors.items()} == REFERENCE["state_dict"]
     assert sum(v.numel() for k, v in tensors.items() if not k.endswith("inv_freq")) == REFERENCE["num_parameters"]
     assert json.loads((out / "config.json").read_text()) == REFERENCE["config_json"]
+    card = (out / "README.md").read_text()
+    assert "Objective: **mdlm**" in card and "12 blocks, hidden 768" in card and "trust_remote_code=True" in card
 
     import transformers
 
@@ -80,6 +82,14 @@ def test_small_export_has_mdlm_keys_shapes_config_and_loads_in_transformers(proc
     assert ours.shape == theirs.shape == (2, 24, VOCAB)
     assert ours.std() > 0.1  # a model that computes something, not zero-initialised layers
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+    from dsl_scale.tokenizer import get_tokenizer
+
+    tokenizer, gpt2 = transformers.AutoTokenizer.from_pretrained(out), get_tokenizer("gpt2")
+    probe = "The river flows north, past 1,024 stones.\n  Ünïcödé"
+    assert tokenizer(probe)["input_ids"] == gpt2.encode(probe)
+    assert (tokenizer.mask_token, tokenizer.mask_token_id, tokenizer.eos_token_id, len(tokenizer)) == (
+        "[MASK]", 50257, 50256, VOCAB)
 
 
 def test_hf_to_ours_to_hf_is_byte_identical(process_group, tmp_path):
@@ -110,8 +120,14 @@ def test_dsl_model_exports_its_converter_beside_the_backbone(process_group, tmp_
     backbone = load_file(tmp_path / "hf" / "model.safetensors")
     assert all(k.startswith("backbone.") for k in backbone)
     info = json.loads((tmp_path / "hf" / "config.json").read_text())
+    documented = info["dsl_scale"].pop("converter_tensors")
     assert info["dsl_scale"] == {"objective": "dsl", "converter_file": "dsl_converter.safetensors", "key_dim": 8,
                                  "key_seed": 0, "tokenizer": "gpt2"}
+    converter = load_file(tmp_path / "hf" / "dsl_converter.safetensors")
+    assert set(documented) == set(converter) == {k for k in weights if k.startswith("converter.")}
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "Objective: **dsl**" in card and "## DSL converter" in card
+    assert all(f"`{name}`" in card for name in converter)
     back = open_checkpoint(tmp_path / "hf").weights()[0]  # init_from= accepts the directory itself
     assert set(back) == set(weights)
     for name, value in weights.items():
