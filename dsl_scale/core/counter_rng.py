@@ -84,20 +84,20 @@ class Key:
     def batch_shape(self) -> tuple[int, ...]:
         return tuple(torch.broadcast_shapes(*(x.shape for x in (self.a, self.b) if isinstance(x, torch.Tensor))))
 
-    def bits(self, shape: tuple[int, ...], draw: int) -> torch.Tensor:
-        """Uniform 32-bit words as int64 [*batch_shape, *shape]: element j of a row hashes (its key, draw, j)."""
+    def bits(self, shape: tuple[int, ...], draw: int, start: int = 0) -> torch.Tensor:
+        """Uniform 32-bit words as int64 [*batch_shape, *shape]: element j of a row hashes (its key, draw, start + j),
+        so a draw of part of a larger array (a sequence-parallel shard) gives that part of the whole draw."""
         n = prod(shape)
-        if n > 1 << 32:
-            raise ValueError(f"a draw of shape {shape} has more than 2^32 elements per key")
-        counters = torch.arange(n, dtype=torch.long, device=self.device).view(shape)
+        if start < 0 or start + n > 1 << 32:
+            raise ValueError(f"a draw of shape {shape} from element {start} goes past 2^32 elements per key")
+        counters = torch.arange(start, start + n, dtype=torch.long, device=self.device).view(shape)
         a, b = (x.view(*x.shape, *(1,) * len(shape)) if isinstance(x, torch.Tensor) else x
                 for x in (self.a, self.b))
-        salt = mix32(mix32((draw & MASK32) ^ DRAW_SALT))
-        return mix32(mix32(counters ^ a) ^ b ^ salt)
+        return hash_bits(counters, a, b, draw_salt(draw))
 
-    def uniform(self, shape: tuple[int, ...], draw: int) -> torch.Tensor:
-        """fp32 uniforms in [0, 1) with 24 random bits (see the module docstring)."""
-        return (self.bits(shape, draw) >> 8).float() * 2.0**-24
+    def uniform(self, shape: tuple[int, ...], draw: int, start: int = 0) -> torch.Tensor:
+        """fp32 uniforms in [0, 1) with 24 random bits (see the module docstring); `start` as in `bits`."""
+        return uniform_from_bits(self.bits(shape, draw, start))
 
     def normal(self, shape: tuple[int, ...], draw: int) -> torch.Tensor:
         """fp32 standard normals by Box-Muller: elements 2m and 2m + 1 are the cosine and sine of pair m, whose
@@ -116,6 +116,22 @@ class Key:
         if not 0 < high <= 1 << 31:
             raise ValueError(f"integers: high must be in [1, 2^31], got {high}")
         return (self.bits(shape, draw) * high) >> 32
+
+
+def draw_salt(draw: int) -> int:
+    """D of the module docstring: what tells a key's draws apart (host-side, a Python int)."""
+    return mix32(mix32((draw & MASK32) ^ DRAW_SALT))
+
+
+def hash_bits(counters: torch.Tensor, a: Word, b: Word, salt: Word) -> torch.Tensor:
+    """mix32(mix32(j ^ a) ^ b ^ D): element j of a draw, for counters j and key lanes (a, b) that broadcast
+    against each other (Key.bits; a caller that lays out its own counters, such as the model's dropout)."""
+    return mix32(mix32(counters ^ a) ^ b ^ salt)
+
+
+def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """fp32 uniforms in [0, 1) with 24 random bits of each word (Key.uniform's)."""
+    return (bits >> 8).float() * 2.0**-24
 
 
 def _same_device(found: torch.device, wanted: torch.device) -> bool:

@@ -67,6 +67,9 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "zero.Init's tensor-factory wrappers suspended while a parameter is initialised "
           "(partition_parameters.top_level_context, shutdown_init_context, restore_init_context), so the draws "
           "are fp32 on the host"),
+    Entry("torch-privateuse1-python-backend", REQUIREMENT, "torch", ">=2.13,<2.14", "tests.fake_gpu",
+          "the tests' fake GPU: torch.utils.backend_registration._setup_privateuseone_for_python_backend (a "
+          "private API) registering PrivateUse1 as a Python backend, used under FakeTensorMode"),
     Entry("deepspeed-engine-backward-allreduce", REQUIREMENT, "deepspeed", ">=0.19,<0.20",
           "dsl_scale.parallel.engine",
           "engine.enable_backward_allreduce set to False to skip the no-op gradient all-reduce of one replica"),

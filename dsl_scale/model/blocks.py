@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from megatron.core import ModelParallelConfig, parallel_state
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from torch import nn
 
+from dsl_scale.core import counter_rng
 from dsl_scale.model.layers import LayerNormNoBias, apply_rotary, modulate
 
 
@@ -37,8 +39,10 @@ class DiTBlock(nn.Module):
         dropout: float,
         causal: bool,
         mp_config: ModelParallelConfig,
+        index: int = 0,
     ):
         super().__init__()
+        self.index = index  # the block's number in the whole network: a key word of its dropout masks
         tp = mp_config.tensor_model_parallel_size
         self.head_dim = hidden // n_heads
         self.local_heads = n_heads // tp
@@ -70,15 +74,21 @@ class DiTBlock(nn.Module):
             mark_sequence_parallel(self.norm1, self.norm2, self.adaLN_modulation)
 
     def _residual(self, branch: torch.Tensor, gate: torch.Tensor, skip: torch.Tensor,
-                  seeds: list[int] | None, site: int) -> torch.Tensor:
-        if seeds is not None and self.training and self.dropout > 0:
-            shard = (parallel_state.get_tensor_model_parallel_rank(),
-                     parallel_state.get_tensor_model_parallel_world_size()) if self.sequence_parallel else (0, 1)
-            keep = seeded_keep_scale(branch, self.dropout, [mix_seed(s, site) for s in seeds], shard)
+                  lanes: torch.Tensor | None, site: int) -> torch.Tensor:
+        if lanes is not None and self.training and self.dropout > 0:
+            rank = parallel_state.get_tensor_model_parallel_rank() if self.sequence_parallel else 0
+            seq, _, hidden = branch.shape
+            salt = counter_rng.draw_salt(site_draw(self.index, site))
+            keep = self.keep_scale(branch, self.dropout, lanes, salt, rank * seq * hidden)
             return self.dropped_residual(skip, gate, branch, keep)
         if self.training and self.dropout > 0:
             return self.gated_residual(skip, gate, F.dropout(branch, p=self.dropout))
         return self.gated_residual(skip, gate, branch)
+
+    @staticmethod
+    def keep_scale(x: torch.Tensor, p: float, lanes: torch.Tensor, salt: int, start: int) -> torch.Tensor:
+        """`keep_from_lanes` (a method so that parallel/compile.py can fuse each site's mask into one kernel)."""
+        return keep_from_lanes(x, p, lanes, salt, start)
 
     @staticmethod
     def gated_residual(skip: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
@@ -118,50 +128,64 @@ class DiTBlock(nn.Module):
         return self.mlp(modulate(self.norm2(x), shift, scale))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                dropout_seeds: list[int] | None = None):
-        """x: [s, b, H]; cond: [b, C]; cos, sin: Rotary.cos_sin's. `dropout_seeds` (one per row, this block's):
-        seeded dropout masks (see `seeded_dropout`); without them, F.dropout from the global generator.
-        The branches and residuals are methods so that parallel/compile.py can compile them (the seeded
-        masks stay eager: their per-row generators are host-side Python)."""
+                dropout_lanes: torch.Tensor | None = None):
+        """x: [s, b, H]; cond: [b, C]; cos, sin: Rotary.cos_sin's. `dropout_lanes` (int64 [2, b], the sequences'
+        dropout keys, `dropout_lanes(seeds)`): seeded masks, one counter-RNG draw per site of this block (see
+        `seeded_keep_scale`); without them, F.dropout from the global generator. The branches, masks and
+        residuals are methods so that parallel/compile.py can compile them."""
         mods = self.adaLN_modulation(cond)[None].chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        x = self._residual(self.attention_branch(x, shift_msa, scale_msa, cos, sin), gate_msa, x, dropout_seeds, 0)
-        return self._residual(self.mlp_branch(x, shift_mlp, scale_mlp), gate_mlp, x, dropout_seeds, 1)
+        x = self._residual(self.attention_branch(x, shift_msa, scale_msa, cos, sin), gate_msa, x, dropout_lanes, 0)
+        return self._residual(self.mlp_branch(x, shift_mlp, scale_mlp), gate_mlp, x, dropout_lanes, 1)
 
 
-_MASK64 = (1 << 64) - 1
+DROPOUT_SITES = 2  # per block: after attention (0) and after the MLP (1)
 
 
-def mix_seed(seed: int, index: int) -> int:
-    """A 63-bit seed from (seed, index): splitmix64's finaliser on seed + (index + 1)·golden gamma.
-    Cheap (Python ints), so it can run per row and per dropout site on every forward."""
-    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) >> 1
+def site_draw(block: int, site: int) -> int:
+    """The counter-RNG draw id of a dropout site: each site is its own draw of the sequence's key."""
+    return DROPOUT_SITES * block + site
 
 
-def seeded_keep_scale(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """The dropout multiplier for x [s, b, H]: row b is 1 / (1 − p) where U ≥ p, else 0, U drawn as
-    [s · shards, H] from a generator seeded with seeds[b] (the `shard`th of `shards` equal parts of the sequence
-    under sequence parallelism). A pure function of the row's seed: the same in any batch, micro-batch, layout
-    or activation recomputation. In x's dtype, [s, b, H]."""
-    rank, shards = shard
+def dropout_lanes(seeds: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
+    """The counter-RNG key of each sequence's dropout, from its seed: int64 [2, b] on `device` (a fixed handful of
+    [b]-sized kernels, once per forward)."""
+    seeds = torch.as_tensor(seeds, dtype=torch.long).to(device, non_blocking=True)
+    key = counter_rng.key(seeds, device)
+    return torch.stack([key.a, key.b])
+
+
+def keep_from_lanes(x: torch.Tensor, p: float, lanes: torch.Tensor, salt: int, start: int = 0) -> torch.Tensor:
+    """The dropout multiplier for x [s, b, H] from the sequences' keys `lanes` [2, b] and a site's draw salt
+    (counter_rng.draw_salt): element (s, b, h) is 1 / (1 − p) where the uniform of counter start + s·H + h of row
+    b's draw is ≥ p, else 0. Pure integer arithmetic, laid out as x is: one fused kernel under torch.compile."""
     seq, batch, hidden = x.shape
-    if len(seeds) != batch:
-        raise ValueError(f"{len(seeds)} dropout seeds for a batch of {batch}")
-    keep = []
-    for seed in seeds:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        u = torch.rand(seq * shards, hidden, generator=generator, device=x.device)
-        keep.append(u[rank * seq:(rank + 1) * seq] >= p)
+    counters = torch.arange(start, start + seq * hidden, dtype=torch.long, device=x.device).view(seq, 1, hidden)
+    a, b = lanes.view(2, 1, batch, 1).unbind(0)
+    u = counter_rng.uniform_from_bits(counter_rng.hash_bits(counters, a, b, salt))
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    return torch.stack(keep, dim=1).to(x.dtype) * scale
+    return (u >= p).to(x.dtype) * scale
 
 
-def seeded_dropout(x: torch.Tensor, p: float, seeds: list[int], shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+def seeded_keep_scale(x: torch.Tensor, p: float, seeds: torch.Tensor | Sequence[int], shard: tuple[int, int] = (0, 1),
+                      draw: int = 0) -> torch.Tensor:
+    """The dropout multiplier for x [s, b, H]: row b is 1 / (1 − p) where U ≥ p, else 0, with U draw `draw` of the
+    counter-based generator (core/counter_rng.py) keyed by seeds[b], at each element's place in the whole
+    [s · shards, H] sequence (x is the `shard`th of `shards` equal parts of it under sequence parallelism). A pure
+    function of the row's seed and the draw (`site_draw(block, site)` in the model): the same in any batch,
+    micro-batch, layout or activation recomputation, drawn on x's device with no generator or host read. In x's
+    dtype, [s, b, H]."""
+    rank, _ = shard
+    seq, batch, hidden = x.shape
+    if torch.as_tensor(seeds).shape != (batch,):
+        raise ValueError(f"{torch.as_tensor(seeds).numel()} dropout seeds for a batch of {batch}")
+    return keep_from_lanes(x, p, dropout_lanes(seeds, x.device), counter_rng.draw_salt(draw), rank * seq * hidden)
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seeds: torch.Tensor | Sequence[int], shard: tuple[int, int] = (0, 1),
+                   draw: int = 0) -> torch.Tensor:
     """Dropout of x [s, b, H] with `seeded_keep_scale`'s mask, scaled like F.dropout."""
-    return x * seeded_keep_scale(x, p, seeds, shard)
+    return x * seeded_keep_scale(x, p, seeds, shard, draw)
 
 
 def mark_sequence_parallel(*modules: nn.Module) -> None:

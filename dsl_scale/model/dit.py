@@ -31,7 +31,7 @@ from torch import nn
 from dsl_scale.config import ArchitectureConfig, check_parallel_layout
 from dsl_scale.diffusion import mdlm
 from dsl_scale.model import init as model_init
-from dsl_scale.model.blocks import DiTBlock, FinalLayer, mix_seed
+from dsl_scale.model.blocks import DiTBlock, FinalLayer, dropout_lanes
 from dsl_scale.model.converter import Converter, mix_inputs
 from dsl_scale.model.layers import NoiseEmbedder, Rotary
 
@@ -95,7 +95,7 @@ class DiT(nn.Module):
         self.rotary_emb = Rotary(cfg.hidden // cfg.n_heads)
         self.blocks = nn.ModuleDict(
             {str(i): DiTBlock(cfg.hidden, cfg.n_heads, cfg.cond_dim, cfg.mlp_ratio, cfg.dropout, cfg.causal,
-                              layers_config)
+                              layers_config, index=i)
              for i in self.block_ids}
         )
         if self.post_process:
@@ -164,15 +164,14 @@ class DiT(nn.Module):
         final_cond = cond
         if sequence_parallel:  # blocks see a sequence shard: sum their partial gradients of cond
             cond = copy_to_tensor_model_parallel_region(cond)
-        seeds = None
+        lanes = None
         if dropout_seeds is not None and self.training and self.cfg.dropout > 0:
-            seeds = [int(s) for s in dropout_seeds.tolist()]
-        for i, block in self.blocks.items():
-            block_seeds = None if seeds is None else [mix_seed(s, int(i)) for s in seeds]
+            lanes = dropout_lanes(dropout_seeds, x.device)  # the masks are drawn on the device, from these keys
+        for block in self.blocks.values():
             if self.cfg.recompute and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, block_seeds, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, cond, cos, sin, lanes, use_reentrant=False)
             else:
-                x = block(x, cond, cos, sin, block_seeds)
+                x = block(x, cond, cos, sin, lanes)
         if self.post_process:
             if sequence_parallel:  # the output layer's TP backward already sums the gradient: just split it
                 x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False)

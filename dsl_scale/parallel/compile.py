@@ -1,11 +1,11 @@
 """`model.compile`: torch.compile of the DiT's blocks, applied from outside the model (as torchtitan's
 `parallelize` does) after it is built and before the engine wraps it.
 
-Per block, the attention and MLP branches (LayerNorm, adaLN modulation, projections, rotary, attention, GELU)
-and the gated residuals (with dropout) are compiled, so each becomes a few fused kernels around the matmuls.
-The seeded dropout masks stay eager: each row's mask comes from its own host-side generator. The compiled
-callables are instance attributes: the parameters, their names and the checkpoints do not change. Blocks share
-one compiled graph (modules' parameters are graph inputs), so the compile cost does not grow with depth.
+Per block, the attention and MLP branches (LayerNorm, adaLN modulation, projections, rotary, attention, GELU),
+the seeded dropout masks (counter-RNG integer arithmetic: one kernel per site) and the gated residuals are
+compiled, so each becomes a few fused kernels around the matmuls. The compiled callables are instance
+attributes: the parameters, their names and the checkpoints do not change. Blocks share one compiled graph
+(modules' parameters are graph inputs), so the compile cost does not grow with depth.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def compile_enabled(setting: object, zero_stage: int = 0) -> bool:
 
 
 _BRANCHES = ("attention_branch", "mlp_branch")
-_RESIDUALS = ("gated_residual", "dropped_residual")
+_RESIDUALS = ("gated_residual", "dropped_residual", "keep_scale")  # static methods
 
 
 def compile_blocks(model: nn.Module) -> int:

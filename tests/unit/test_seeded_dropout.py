@@ -1,11 +1,12 @@
-"""Seeded dropout: each sequence's masks are a pure function of its seed (model/blocks.py)."""
+"""Seeded dropout: each sequence's masks are a pure function of its seed and the dropout site (model/blocks.py:
+counter-based uniforms, core/counter_rng.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from dsl_scale.model import DiT, DiTConfig
-from dsl_scale.model.blocks import mix_seed, seeded_dropout
+from dsl_scale.model.blocks import seeded_dropout, seeded_keep_scale, site_draw
 
 CFG = DiTConfig(vocab_size=97, hidden=32, n_blocks=2, n_heads=4, cond_dim=16, dropout=0.3)
 
@@ -29,7 +30,11 @@ def test_mask_matches_f_dropout_statistics_and_is_a_function_of_the_seed():
     # sequence-parallel shards cut the full-sequence mask
     shards = [seeded_dropout(x[:16], 0.25, [1, 2, 3], (rank, 4)) for rank in range(4)]
     assert torch.equal(torch.cat(shards), a)
-    assert len({mix_seed(s, i) for s in range(50) for i in range(50)}) == 2500
+    # every (block, site) draws its own mask from the sequence's seed
+    masks = [seeded_keep_scale(x[:8, :1], 0.5, [7], draw=site_draw(block, site)) for block in range(6)
+             for site in (0, 1)]
+    assert len({tuple(m.flatten().tolist()) for m in masks}) == len(masks)
+    assert torch.equal(seeded_dropout(x, 0.25, torch.tensor([1, 2, 3])), a)  # a tensor of seeds or a list
 
 
 def test_dit_rows_do_not_depend_on_their_batch_and_recomputation_replays_the_masks(process_group):
