@@ -1,8 +1,19 @@
-"""The trainer's one handle on checkpoints (as torchtitan's trainer calls its CheckpointManager): starting
-weights (`init_from`), resuming from `latest`, saving with pruning, and the final unsharded weights."""
+"""The trainer's one handle on checkpoints (as torchtitan's trainer calls its CheckpointManager): the start-up
+decision, starting weights (`init_from`), resuming from `latest`, the save cadence with pruning, and the final
+unsharded weights.
+
+Start-up, in order (Trainer.__init__ calls each once):
+  start()               rank 0 reads `latest` once and checks the new config against the checkpoint's; every
+                        rank uses its answer (a stale network-filesystem view on another rank cannot split
+                        them); rank 0 keeps this start's config (config.yaml, config.N.yaml)
+  load_before_engine()  init_from's weights (a fresh start) or a layout-free tag's (a resume), before ZeRO
+                        partitions them
+  load_after_engine()   the engine's state, the step and the EMA from the agreed tag
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -10,34 +21,145 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from dsl_scale.checkpoint import layout, training
+from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, is_consolidated
 from dsl_scale.checkpoint.gather import full_state_dict
-from dsl_scale.checkpoint.init_from import load_full_weights, load_into
+from dsl_scale.checkpoint.init_from import load_into
+from dsl_scale.checkpoint.resume_config import config_changes
+from dsl_scale.checkpoint.run_lock import DEFAULT_LEASE_S, RunLock
+from dsl_scale.checkpoint.save_guard import SaveGuard
+from dsl_scale.checkpoint.source import Checkpoint, open_checkpoint
 from dsl_scale.core.device import collective_device
-from dsl_scale.core.files import atomic_path
+from dsl_scale.core.files import atomic_path, atomic_write_text
 from dsl_scale.parallel.topology import Topology
 
 
+@dataclasses.dataclass
+class StartDecision:
+    """What rank 0 found at start, the same on every rank."""
+
+    tag: str | None = None  # the tag to resume from; None: a fresh start
+    layout_free: bool = False  # the tag is a consolidated (layout-free) checkpoint
+    notes: list[str] = dataclasses.field(default_factory=list)  # allowed config changes, for the log
+    error: str | None = None  # a refused config change: every rank raises it
+
+
 class Checkpointer:
-    def __init__(self, run_dir: str | Path, topo: Topology, zero_stage: int, keep: int, resume: bool = True):
+    def __init__(self, run_dir: str | Path, topo: Topology, zero_stage: int, keep: int, resume: bool = True,
+                 save_every: int = 500, init_from: str | Checkpoint | None = None):
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "checkpoints"
         self.topo = topo
         self.zero_stage = zero_stage
         self.keep = keep
+        self.save_every = save_every
         self.resume_enabled = resume
+        self.init_source = init_from
         self.ema_sharded = zero_stage == 3  # ZeRO-3: each rank keeps the EMA of its own partition
+        self.decision: StartDecision | None = None
+        self.lock: RunLock | None = None  # rank 0's hold on run_dir, taken by `start` before anything is written
+        self.lock_lease_s = DEFAULT_LEASE_S
+        self.save_guard = SaveGuard(self.root, check_lock=lambda: self.lock.check() if self.lock else None)
 
-    def will_resume(self) -> bool:
-        """Whether `resume` will find a checkpoint (then `init_from` is not applied: the run continues)."""
-        return self.resume_enabled and layout.read_latest(self.root) is not None
+    @classmethod
+    def for_run(cls, cfg, topo: Topology, init_from: Checkpoint | None = None) -> Checkpointer:
+        t = cfg.train
+        checkpointer = cls(cfg.run_dir, topo, cfg.parallel.zero_stage, t.keep_checkpoints, resume=t.resume,
+                           save_every=t.save_every, init_from=init_from or cfg.init_from)
+        checkpointer.save_guard.policy, checkpointer.lock_lease_s = t.on_save_error, t.lock_lease_minutes * 60
+        return checkpointer
+
+    # start-up ----------------------------------------------------------------------------------------------
+    def start(self, cfg=None) -> StartDecision:
+        """The one agreed decision: rank 0 reads `latest` (and compares `cfg`, the new run config, with the
+        checkpoint's), broadcasts it, and every rank uses the answer. Raises ValueError on every rank when the
+        config changed in a way that breaks exact resume (unless train.allow_config_change)."""
+        answer: list = [None]
+        if _rank() == 0:
+            try:
+                self.lock = self.lock or RunLock(self.run_dir, self.lock_lease_s)
+                took_over = self.lock.acquire()  # one writer per run directory (run_lock.py)
+                answer[0] = self._decide(cfg)
+                answer[0].notes[:0] = [f"warning: {took_over}"] if took_over else []
+            except Exception as err:  # told to every rank, so that none waits in a collective for rank 0
+                answer[0] = StartDecision(error=f"{type(err).__name__}: {err}")
+        if dist.is_initialized():
+            dist.broadcast_object_list(answer, src=0)
+        self.decision = answer[0]
+        if self.decision.error:
+            raise ValueError(self.decision.error)
+        return self.decision
+
+    def _decide(self, cfg) -> StartDecision:
+        tag = layout.read_latest(self.root) if self.resume_enabled else None
+        decision = StartDecision(tag, tag is not None and is_consolidated(self.root / tag))
+        if cfg is not None and tag is not None:
+            saved = self._saved_config(tag, decision.layout_free)
+            refused, allowed = config_changes(saved, dataclasses.asdict(cfg))
+            if refused and not cfg.train.allow_config_change:
+                decision.error = (
+                    f"resuming {self.root / tag} with a changed config: {'; '.join(refused)}. These break exact "
+                    "resume; restore them, start a new run_dir, or set train.allow_config_change=true")
+                return decision
+            decision.notes = [f"config changed since the checkpoint: {c}" for c in (*refused, *allowed)]
+        if cfg is not None:
+            self._keep_config(cfg)
+        return decision
+
+    def _saved_config(self, tag: str, layout_free: bool) -> dict:
+        if layout_free:
+            return ConsolidatedCheckpoint(self.root / tag).config
+        from dsl_scale.checkpoint.zero_reader import TrainingCheckpoint
+
+        return TrainingCheckpoint(self.root / tag).config
+
+    def _keep_config(self, cfg) -> None:
+        """config.yaml is this start's config; config.N.yaml keeps start N's (0, 1, ...) beside the earlier ones."""
+        from omegaconf import OmegaConf
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        n = len(list(self.run_dir.glob("config.*.yaml")))
+        atomic_write_text(self.run_dir / f"config.{n}.yaml", text)
+        atomic_write_text(self.run_dir / "config.yaml", text)
+
+    @property
+    def resuming(self) -> bool:
+        return self._decided().tag is not None
+
+    def _decided(self) -> StartDecision:
+        if self.decision is None:
+            raise RuntimeError("Checkpointer.start() must run before the checkpoint is loaded")
+        return self.decision
+
+    def needs_whole_parameters(self) -> bool:
+        """Whether load_before_engine writes whole tensors (under ZeRO-3 the caller gathers the stage for it):
+        the same answer on every rank."""
+        decision = self._decided()
+        return decision.layout_free if decision.tag else bool(self.init_source)
 
     # before the engine -----------------------------------------------------------------------------------
-    def init_from(self, model: torch.nn.Module, source: str, dsl_keys: torch.Tensor | None = None) -> str:
+    def load_before_engine(self, model: torch.nn.Module, dsl_keys: torch.Tensor | None = None) -> str | None:
+        """A fresh start with init_from: its weights; a resume from a layout-free tag: this rank's slice of its
+        weights (every ZeRO stage then partitions them). Returns a line for the log, or None."""
+        decision = self._decided()
+        if decision.tag is not None:
+            if decision.layout_free:
+                from dsl_scale.checkpoint import reshard
+
+                reshard.preload_weights(model, ConsolidatedCheckpoint(self.root / decision.tag), self.topo.tp_rank)
+            return None
+        if self.init_source:
+            return self.init_from(model, self.init_source, dsl_keys)
+        return None
+
+    def init_from(self, model: torch.nn.Module, source: str | Checkpoint, dsl_keys: torch.Tensor | None = None) -> str:
         """Fine-tuning: weights from another run or export (the optimizer starts fresh). Parameters the source
         lacks keep their initialisation, and a DSL converter the source lacks is rebuilt from the loaded
         embedding. Returns a line for the log."""
-        full = load_full_weights(source)
-        missing = load_into(model, full, self.topo.tp_rank)
+        opened = source if isinstance(source, Checkpoint) else open_checkpoint(source)
+        source = opened.source
+        full, _ = opened.weights("auto")
+        missing = [m for m in load_into(model, full, self.topo.tp_rank) if not m.endswith("inv_freq")]
         unexpected = [m for m in missing if not m.startswith("converter.")]
         if unexpected:
             raise KeyError(f"{source} lacks model tensors: {unexpected[:8]}")
@@ -55,28 +177,38 @@ class Checkpointer:
         new = ", ".join(sorted(n for n in missing if n in params)) or "none"
         return f"initialised from {source}; new parameters: {int(count)} ({new})"
 
-    def preload(self, module: torch.nn.Module) -> None:
-        """A layout-free `latest` puts its weights in before ZeRO partitions them (see training.py)."""
-        if self.resume_enabled:
-            training.preload_layout_free(module, self.root, self.topo)
-
     # with the engine ---------------------------------------------------------------------------------------
-    def resume(self, engine) -> tuple[int, dict | None, Path] | None:
-        """(step, EMA state, the tag's directory) restored from `latest` into `engine`, or None when there is
-        nothing to resume."""
-        if not self.resume_enabled:
-            return None
-        tag = agreed_latest(self.root)
+    def load_after_engine(self, engine) -> tuple[int, dict | None, Path] | None:
+        """(step, EMA state, the tag's directory) restored from the agreed tag into `engine`, or None on a fresh
+        start."""
+        tag = self._decided().tag
         if tag is None:
             return None
-        client_state, ema_state = training.load(engine, self.root, tag, self.topo, self.ema_sharded)
+        client_state, ema_state = training.load(engine, self.root, tag, self.topo, self.ema_sharded,
+                                                self._decided().layout_free)
         step = int(client_state["step"])
         check_same_step(step)
         return step, ema_state, self.root / tag
 
+    def due(self, step: int, last_step: int, forced: bool = False) -> bool:
+        """Whether step `step` saves: every save_every steps, the last step, and when stopping early."""
+        return forced or step % self.save_every == 0 or step == last_step
+
+    def maybe_save(self, engine, step: int, last_step: int, client_state: dict, ema_state, forced: bool = False
+                   ) -> Path | None:
+        """Save when `due`; `ema_state` may be a callable (called only then)."""
+        if not self.due(step, last_step, forced):
+            return None
+        return self.save(engine, step, client_state, ema_state() if callable(ema_state) else ema_state)
+
     def save(self, engine, step: int, client_state: dict, ema_state: dict | None) -> Path:
         return training.save(engine, self.root, step, self.topo, {"step": step, **client_state}, ema_state,
-                             self.ema_sharded, self.keep)
+                             self.ema_sharded, self.keep, self.save_guard)
+
+    def release(self) -> None:
+        """Give up the run directory (the run has ended; also done at exit)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def save_final_weights(self, module: torch.nn.Module, masters: dict[str, torch.Tensor] | None) -> Path | None:
         """run_dir/final/model.safetensors: every tensor unsharded, in fp32, from any layout (written by rank 0).
@@ -96,13 +228,8 @@ class Checkpointer:
         return out
 
 
-def agreed_latest(root: Path) -> str | None:
-    """The checkpoint tag to resume from, as rank 0 reads it, on every rank (None: start from scratch). A
-    pointer replaced mid-start (or a stale network-filesystem view) then cannot split the ranks."""
-    answer = [layout.read_latest(root) if not dist.is_initialized() or dist.get_rank() == 0 else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(answer, src=0)
-    return answer[0]
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def check_same_step(step: int) -> None:

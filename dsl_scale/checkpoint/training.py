@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from dsl_scale.checkpoint import layout, reshard
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, is_consolidated
+from dsl_scale.checkpoint.save_guard import SaveGuard
 from dsl_scale.core.device import compute_device
 from dsl_scale.core.files import atomic_torch_save, atomic_write_text
 from dsl_scale.parallel.topology import Topology
@@ -31,18 +32,26 @@ def tensor_parallel_dims(module: torch.nn.Module) -> dict[str, int]:
 
 
 def save(engine, root: Path, step: int, topo: Topology, client_state: dict, ema_state: dict | None,
-         ema_sharded: bool, keep: int) -> Path:
+         ema_sharded: bool, keep: int, guard: SaveGuard | None = None) -> Path | None:
+    """Write the checkpoint of `step`; None when `guard` skipped it or its write failed (on_save_error=continue)."""
     tag = layout.tag_for(step)
+    guard = guard or SaveGuard(root)
+    guard.install(engine)
+    if not guard.begin(step, root / tag, layout.read_latest(root)):
+        return None
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    if topo.tp_rank == 0 and topo.dp_rank == 0:  # lets readers merge TP shards without building the model
-        atomic_write_text(root / tag / layout.partitions_name(topo.pp_rank),
-                          json.dumps(tensor_parallel_dims(engine.module)))
-    if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
-        atomic_torch_save(ema_state, root / tag / ema_filename(topo))
-    if topo.rank == 0:
-        atomic_write_text(root / tag / layout.META, json.dumps(
-            {"step": step, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ema_sharded": ema_sharded}
-        ))
+    with guard.recording():
+        if topo.tp_rank == 0 and topo.dp_rank == 0:  # lets readers merge TP shards without building the model
+            atomic_write_text(root / tag / layout.partitions_name(topo.pp_rank),
+                              json.dumps(tensor_parallel_dims(engine.module)))
+        if ema_state is not None and (ema_sharded or topo.dp_rank == 0):
+            atomic_torch_save(ema_state, root / tag / ema_filename(topo))
+        if topo.rank == 0:
+            atomic_write_text(root / tag / layout.META, json.dumps(
+                {"step": step, "tp": topo.tp, "pp": topo.pp, "dp": topo.dp, "ema_sharded": ema_sharded}
+            ))
+    if not guard.agree(step):  # every rank wrote its files, or none goes on to replace `latest`
+        return None
     dist.barrier()
     if topo.rank == 0:
         atomic_write_text(root / layout.LATEST, tag)
@@ -58,19 +67,11 @@ def prune(root: Path, keep: int, current: str) -> None:
             shutil.rmtree(root / old, ignore_errors=True)
 
 
-def preload_layout_free(module: torch.nn.Module, root: Path, topo: Topology) -> bool:
-    """Before the engine exists: when `latest` names a layout-free checkpoint, put this rank's slice of its
-    weights into `module` (every ZeRO stage then partitions them itself). True when it did."""
-    tag = layout.read_latest(root)
-    if tag is None or not is_consolidated(root / tag):
-        return False
-    reshard.preload_weights(module, ConsolidatedCheckpoint(root / tag), topo.tp_rank)
-    return True
-
-
-def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool) -> tuple[dict, dict | None]:
-    """Restore engine state (weights, optimizer, LR schedule) and return (client_state, ema_state)."""
-    if is_consolidated(root / tag):  # weights are already in place (preload_layout_free)
+def load(engine, root: Path, tag: str, topo: Topology, ema_sharded: bool,
+         layout_free: bool | None = None) -> tuple[dict, dict | None]:
+    """Restore engine state (weights, optimizer, LR schedule) and return (client_state, ema_state). `layout_free`:
+    the start-up's agreed answer (None: look at the tag here)."""
+    if is_consolidated(root / tag) if layout_free is None else layout_free:  # weights already in place
         client_state, ema_state, warnings = reshard.restore_engine(
             engine, ConsolidatedCheckpoint(root / tag), topo.tp_rank, topo.dp_rank, ema_sharded)
         for warning in warnings:

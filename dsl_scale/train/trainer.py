@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from omegaconf import OmegaConf
 
 from dsl_scale.checkpoint.manager import Checkpointer
+from dsl_scale.checkpoint.source import resolve_model_shape
 from dsl_scale.config import Config, validate
 from dsl_scale.core import seeding
 from dsl_scale.core.batch import Prepared
 from dsl_scale.core.device import collective_device, compute_device
-from dsl_scale.core.files import atomic_directory
 from dsl_scale.data.batches import StepBatches, open_splits, train_batches
+from dsl_scale.data.ensure import ensure_corpus
 from dsl_scale.diffusion.objectives import build_objective
 from dsl_scale.model.factory import build_dit
 from dsl_scale.parallel import compile as compile_lib
@@ -39,6 +39,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         set_cpu_threads()
+        init_source = resolve_model_shape(cfg)  # model=from_checkpoint: the shape of init_from
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         process_group_backend(cfg.parallel.backend)  # CUDA asked for (or allocated) but absent: fail before any work
         self.stop_signal = preemption.StopSignal()  # SLURM's warning before a time limit or preemption
@@ -46,14 +47,12 @@ class Trainer:
         self.topo = init_process_groups(cfg.parallel.tp, cfg.parallel.pp, backend=cfg.parallel.backend)
         cpu_compat.seed_parallel_rng(cfg.train.seed, self.topo.tp_rank)
         self.run_dir = Path(cfg.run_dir)
-        self.checkpointer = Checkpointer(self.run_dir, self.topo, cfg.parallel.zero_stage,
-                                         cfg.train.keep_checkpoints, resume=cfg.train.resume)
-        if self.topo.rank == 0:
-            self.checkpointer.root.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.structured(cfg), self.run_dir / "config.yaml")
+        self.checkpointer = Checkpointer.for_run(cfg, self.topo, init_source)
+        for note in self.checkpointer.start(cfg).notes:  # the agreed resume decision; the config checked, kept
+            self.log(note)
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         vocab = self.tokenizer.vocab_size
-        self._ensure_data()
+        ensure_corpus(cfg.data, cfg.model.seq_len, self.topo.rank, self.log)
         self.train_data, self.val_data = open_splits(cfg.data, cfg.model.seq_len, vocab, cfg.train.eval_examples)
 
         self.objective = build_objective(cfg.objective, self.tokenizer.mask_id, vocab, cfg.train.seed)
@@ -63,12 +62,12 @@ class Trainer:
                               tp=self.topo.tp, pp=self.topo.pp, stage=self.topo.pp_rank, objective=cfg.objective,
                               mask_id=self.tokenizer.mask_id, sequence_parallel=cfg.parallel.sequence_parallel,
                               activation_dtype=activation_dtype(cfg.train.precision), whole=whole)
-        # init_from and a layout-free checkpoint write whole tensors: under ZeRO-3 the stage is gathered for them
-        resuming = self.checkpointer.will_resume()
-        with whole(list(model.parameters())) if cfg.init_from or resuming else contextlib.nullcontext():
-            if cfg.init_from and not resuming:
-                self.log(self.checkpointer.init_from(model, cfg.init_from, getattr(self.objective, "keys", None)))
-            self.checkpointer.preload(model)  # a layout-free checkpoint's weights go in before ZeRO partitions them
+        # whole tensors go in (init_from, a layout-free tag): under ZeRO-3 the stage is gathered for them
+        gather = self.checkpointer.needs_whole_parameters()
+        with whole(list(model.parameters())) if gather else contextlib.nullcontext():
+            line = self.checkpointer.load_before_engine(model, getattr(self.objective, "keys", None))
+        if line:
+            self.log(line)
         compiled = compile_lib.apply_compile(model, cfg.model.compile, cfg.parallel.zero_stage)
         self.nll_fn = cross_entropy.nll_function(cfg.model.loss_chunk_tokens, compiled=compiled)
         if compiled:
@@ -82,22 +81,9 @@ class Trainer:
         self.step = 0
         self._resume()
 
-    def _ensure_data(self) -> None:
-        """Prepare the packaged default corpus on first use; an existing directory is only checked."""
-        data = self.cfg.data
-        if not os.path.exists(data.path) and data.source and not data.remote:
-            if self.topo.rank == 0:
-                from dsl_scale.data.prepare import prepare
-
-                self.log(f"{data.path} does not exist: preparing it from {data.source!r}")
-                with atomic_directory(data.path) as staging:
-                    prepare(data.source, str(staging), self.cfg.model.seq_len, tokenizer=data.tokenizer,
-                            fmt=data.format)
-            dist.barrier()
-
     # ----------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        resumed = self.checkpointer.resume(self.engine)
+        resumed = self.checkpointer.load_after_engine(self.engine)
         if resumed is None:
             return
         self.step, ema_state, tag_dir = resumed
@@ -106,9 +92,11 @@ class Trainer:
         self.metrics.truncate_after(self.step)
         self.log(f"resumed from {tag_dir} at step {self.step}")
 
-    def save(self) -> None:
-        self.checkpointer.save(self.engine, self.step, {"config": dataclasses.asdict(self.cfg)},
-                               self.ema.state_dict() if self.ema else None)
+    def maybe_save(self, forced: bool = False) -> None:
+        """The Checkpointer's cadence (every train.save_every steps, the last step, an early stop)."""
+        self.checkpointer.maybe_save(self.engine, self.step, self.cfg.train.steps,
+                                     {"config": dataclasses.asdict(self.cfg)},
+                                     lambda: self.ema.state_dict() if self.ema else None, forced)
 
     def log(self, message: str) -> None:
         if self.topo.rank == 0:
@@ -229,7 +217,7 @@ class Trainer:
                 record["val_loss"] = self._record_eval()
             pending.append(record)
             logging = self.step % t.log_every == 0 or self.step == 1
-            saving = self.step % t.save_every == 0 or self.step == t.steps or out_of_time or preempted
+            saving = self.checkpointer.due(self.step, t.steps, forced=out_of_time or preempted)
             if logging or saving or evaluating:  # metrics.jsonl holds every step up to a checkpoint
                 for done in _read_values(pending):
                     self.metrics.log_step(done)
@@ -237,7 +225,7 @@ class Trainer:
             if logging:
                 self.log(progress.line(record))
             if saving:
-                self.save()
+                self.maybe_save(forced=True)
             if preempted:
                 break
             if out_of_time:
@@ -248,6 +236,7 @@ class Trainer:
             self._exit_for_requeue()
         if t.save_final_weights:
             self.save_final_weights()
+        self.checkpointer.release()
 
     def _exit_for_requeue(self) -> None:
         if self.topo.rank == 0:
