@@ -4,9 +4,10 @@ tensors run), every operation mixing its tensors with CPU tensors raises at its 
 autograd, SDPA, dropout, in-place RNG and torch's fused AdamW work. Nothing is computed: tensors carry shapes,
 dtypes and devices only, so a traced step takes about a second.
 
-What it cannot do: read a value on the host (`.item()`, `.tolist()`, `nonzero`, a data-dependent branch) and
-make a `torch.Generator` on the device. Real tensors are turned fake before `.to()` / `copy_()` (a
-TorchFunctionMode), and FakeTensorMode's constant folding of small tensors is off (CONSTANT_NUMEL_LIMIT = 0).
+What it cannot do: read a device value on the host (`.item()`, `.tolist()`, `nonzero`, a data-dependent branch:
+an error, or placeholders with `host_reads=True`) and make a `torch.Generator` on the device. Host tensors stay
+real; a TorchFunctionMode sends work for the device into FakeTensorMode (real tensors are turned fake before
+`.to()` / `copy_()`), and FakeTensorMode's constant folding of small tensors is off (CONSTANT_NUMEL_LIMIT = 0).
 
 Use: `with fake_gpu(monkeypatch) as device:` — inside, `compute_device()` is the fake device everywhere in
 dsl_scale, and `on_fake_gpu(module, dtype)` moves a module built on the CPU there. Every tensor made inside is
@@ -84,13 +85,30 @@ def _is_fake_device(device) -> bool:
     return device is not None and torch.device(device).type == NAME
 
 
-class _FakeInputs(TorchFunctionMode):
-    """Real tensors handed to `.to()` / `copy_()` become fake first (FakeTensorMode refuses real inputs), and
-    `torch.tensor(data, device=fakegpu)` is built on the host, then moved."""
+_HOST_READS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__bool__)
+_MOVES = (torch.Tensor.to, torch.Tensor.copy_, torch.Tensor.cuda)
 
-    def __init__(self, mode):
+
+def _fake_devices(values) -> bool:
+    return any((isinstance(v, torch.device) or isinstance(v, str) and v.startswith(NAME)) and _is_fake_device(v)
+               for v in values)
+
+
+class _FakeDevice(TorchFunctionMode):
+    """Under an active FakeTensorMode, keeps the host real: an operation with no fake tensor and no fake device among
+    its arguments runs for real with the mode suspended (host bookkeeping, time grids and CPU generators keep their
+    values); one on fake tensors, or asked for the fake device, runs fake (with allocations inside the op fake
+    too); a real tensor moved or copied to the device (`.to()`, `copy_()`) or `torch.tensor(data, device=fakegpu)`
+    is made on the host and turned fake.
+
+    With `host_reads`, reading a fake tensor's values on the host (`.item()`, `.tolist()`, `nonzero`, truth) gives
+    placeholders of the right shape (zeros; every element nonzero; true) instead of failing, so host-driven loops
+    (the samplers') run on: the values they read mean nothing, only the devices are checked."""
+
+    def __init__(self, mode, host_reads: bool):
         super().__init__()
         self.mode = mode
+        self.host_reads = host_reads
 
     def _fake(self, value):
         from torch._subclasses.fake_tensor import FakeTensor
@@ -99,14 +117,34 @@ class _FakeInputs(TorchFunctionMode):
             return self.mode.from_tensor(value)
         return value
 
+    def _placeholder(self, func, tensor: torch.Tensor):
+        shape = tuple(tensor.shape)
+        if func is torch.Tensor.__bool__:
+            return True
+        if func is torch.Tensor.item:
+            return False if tensor.dtype == torch.bool else 0
+        if func is torch.Tensor.tolist:
+            return torch.zeros(shape, dtype=torch.long).tolist()
+        every = torch.ones(shape, dtype=torch.bool, device="cpu").nonzero()
+        return self._fake(every).to(tensor.device)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import FakeTensor
+
         kwargs = kwargs or {}
-        if func in (torch.Tensor.to, torch.Tensor.copy_, torch.Tensor.cuda):
-            args = tuple(self._fake(a) for a in args)
-        elif func in (torch.tensor, torch.as_tensor) and _is_fake_device(kwargs.get("device")):
+        if self.host_reads and func in _HOST_READS and isinstance(args[0], FakeTensor) and not kwargs:
+            return self._placeholder(func, args[0])
+        if func in (torch.tensor, torch.as_tensor) and _is_fake_device(kwargs.get("device")):
             device = kwargs.pop("device")
             return self._fake(func(*args, **kwargs)).to(device)
-        return func(*args, **kwargs)
+        if func in _MOVES and (_fake_devices([*args, *kwargs.values()])
+                               or any(isinstance(a, FakeTensor) for a in args)):
+            return func(*(self._fake(a) for a in args), **kwargs)
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(isinstance(v, FakeTensor) for v in leaves) or _fake_devices(leaves):
+            return func(*args, **kwargs)  # FakeTensorMode is active: allocations made inside ops are fake too
+        with torch.utils._python_dispatch._disable_current_modes():  # host work stays real
+            return func(*args, **kwargs)
 
 
 def _point_compute_device_at(monkeypatch, device: torch.device) -> None:
@@ -118,17 +156,20 @@ def _point_compute_device_at(monkeypatch, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def fake_gpu(monkeypatch) -> Iterator[torch.device]:
-    """The fake device, with compute_device() pointing at it (see the module docstring)."""
+def fake_gpu(monkeypatch, host_reads: bool = False) -> Iterator[torch.device]:
+    """The fake device, with compute_device() pointing at it (see the module docstring). `host_reads`: placeholder
+    values for host reads (see _FakeDevice) instead of an error; the training step runs without."""
     import torch._subclasses.fake_tensor as fake_tensor
 
     device = fake_device()
     monkeypatch.setattr(fake_tensor, "CONSTANT_NUMEL_LIMIT", 0)
     _point_compute_device_at(monkeypatch, device)
-    mode = fake_tensor.FakeTensorMode(allow_non_fake_inputs=False)
+    # real host tensors meeting fake ones are converted, then the device check applies (a 0-dim CPU scalar
+    # passes, as on CUDA; anything else on the CPU raises "found at least two devices")
+    mode = fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)
     # backward on the calling thread: the autograd engine sizes its per-device threads at the process's first
     # backward, which may have run before the fake device existed
-    with torch.autograd.set_multithreading_enabled(False), mode, _FakeInputs(mode):
+    with torch.autograd.set_multithreading_enabled(False), mode, _FakeDevice(mode, host_reads):
         yield device
 
 

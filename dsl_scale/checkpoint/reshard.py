@@ -90,10 +90,29 @@ def _masters(optimizer, named: dict) -> dict[str, torch.Tensor]:
     return {name: masters[id(param)] for name, param in named.items()}
 
 
-def _step_tensor(step: int) -> torch.Tensor:
-    """AdamW's update count from the checkpoint; it replaces any count already there (DeepSpeed's bf16 wrapper
-    creates the state with one step on zero gradients when it is built)."""
-    return torch.tensor(float(step), dtype=torch.float32, device="cpu")  # torch's Adam keeps it on the CPU
+def _group_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> dict:
+    for group in optimizer.param_groups:
+        if any(p is tensor for p in group["params"]):
+            return group
+    raise KeyError(f"a tensor of shape {tuple(tensor.shape)} is in none of the optimizer's parameter groups")
+
+
+def _step_tensor(step: int, optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> torch.Tensor:
+    """AdamW's update count from the checkpoint, where torch's Adam keeps it for `tensor` (what it updates): an fp32
+    scalar on the tensor's device when its group is fused or capturable (the fused CUDA kernel reads it there),
+    else on the CPU. It replaces any count already there (DeepSpeed's bf16 wrapper creates the state with one
+    step on zero gradients when it is built)."""
+    group = _group_of(optimizer, tensor)
+    on_device = group.get("fused") or group.get("capturable")
+    return torch.tensor(float(step), dtype=torch.float32, device=tensor.device if on_device else "cpu")
+
+
+def write_adam_state(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, step: int) -> dict:
+    """`tensor`'s AdamW state with the checkpoint's update count; the moments are the caller's to fill, on the
+    tensor's device in fp32 (where AdamW reads them)."""
+    state = optimizer.state[tensor]
+    state["step"] = _step_tensor(step, optimizer, tensor)
+    return state
 
 
 @torch.no_grad()
@@ -107,15 +126,14 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
     if stage > 0 or hasattr(optimizer, "fp32_groups"):  # DeepSpeed's optimizer internals, as 0.19 lays them out
         patches.require(ZERO_OPTIMIZER_STATE)
     if stage == 0:
+        inner = getattr(optimizer, "optimizer", optimizer)  # the torch AdamW under DeepSpeed's bf16 wrapper
         for name, master in _masters(optimizer, named).items():  # fp32 moments, where the master weights are
-            state = optimizer.state[master]
-            state["step"] = _step_tensor(step)
+            state = write_adam_state(inner, master, step)
             state[key] = local[name].to(device=master.device, dtype=torch.float32).reshape(master.shape).clone()
     elif stage in (1, 2):
         names = {id(p): n for n, p in named.items()}
         for group, flat in enumerate(optimizer.single_partition_of_fp32_groups):
-            state = optimizer.optimizer.state[flat]
-            state["step"] = _step_tensor(step)
+            state = write_adam_state(optimizer.optimizer, flat, step)
             buffer = state.setdefault(key, torch.zeros_like(flat))
             for param in optimizer.bit16_groups[group]:
                 mapping = getattr(param, "_hp_mapping", None)
@@ -126,8 +144,7 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
                 buffer.narrow(0, hp.start, hp.numel).copy_(value)
     else:
         for flat in optimizer.fp32_partitioned_groups_flat:
-            state = optimizer.optimizer.state[flat]
-            state["step"] = _step_tensor(step)
+            state = write_adam_state(optimizer.optimizer, flat, step)
             state.setdefault(key, torch.zeros_like(flat))
         for name, param in named.items():
             optimizer.set_full_hp_param(local[name], param, key)
