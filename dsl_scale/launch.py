@@ -73,7 +73,7 @@ def check_ranks_per_node(environ: dict | None = None, visible_gpus: int | None =
 
 
 def hydra_main(run: Callable, config_name: str, register: Callable[[], None], check: Callable | None = None,
-               groups: tuple[str, ...] = (), doc: str = "") -> None:
+               groups: tuple[str, ...] = (), doc: str = "", schema: type | None = None) -> None:
     """Run `run(typed_config)` under Hydra; `register` puts the entry point's schema in the ConfigStore, `check`
     validates the typed config (raises ValueError), `groups` and `doc` make the command's --help.
 
@@ -87,10 +87,9 @@ def hydra_main(run: Callable, config_name: str, register: Callable[[], None], ch
     name = command_name(config_name)
     args = sys.argv[1:]
     if "--help" in args or "-h" in args:
-        print(command_help(name, doc, groups))
+        print(command_help(name, doc, groups, schema))
         return
-    slurm_environment()
-    check_ranks_per_node()
+    slurm_environment()  # WORLD_SIZE under srun, for the config's checks
     register()
     only_check = "--check" in args
     if only_check:
@@ -99,6 +98,7 @@ def hydra_main(run: Callable, config_name: str, register: Callable[[], None], ch
     if only_check:
         print(f"{name}: config OK", file=sys.stderr)
         return
+    check_ranks_per_node()  # may ask torch for the visible GPUs: after the config's checks
 
     import hydra
 
@@ -125,16 +125,70 @@ def command_name(config_name: str) -> str:
     return script if script.startswith("dsl-") else "dsl-" + {"config": "pretrain"}.get(config_name, config_name)
 
 
-def command_help(name: str, doc: str, groups: tuple[str, ...]) -> str:
-    """The command's own --help: its docstring, its config groups and their options, how to see every key."""
+def command_help(name: str, doc: str, groups: tuple[str, ...], schema: type | None = None) -> str:
+    """The command's own --help: its docstring, its config groups and their options, its keys with their
+    defaults and descriptions (the schema's comments)."""
     lines = [f"{name}: {doc.strip()}" if doc else name, "", "Config groups (GROUP=OPTION):"]
     for group in groups:
         options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
         lines.append(f"  {group:10s} {', '.join(options)}")
-    lines += ["", "Every key, its default and type: `--cfg job` (validated first); `--check` validates only.",
-              "Keys and their meaning are declared in dsl_scale/config.py (training), sampling/config.py and",
-              "evaluation/config.py. Hydra's own options: --hydra-help."]
+    if schema is not None:
+        lines += ["", "Keys (KEY=VALUE; the defaults before any group or preset):", *key_help(schema)]
+    lines += ["", "The composed config: `--cfg job` (validated first); `--check` validates only. Hydra's own "
+              "options: --hydra-help."]
     return "\n".join(lines)
+
+
+def key_help(schema: type, prefix: str = "") -> list[str]:
+    """`  key = default  # description` for every field of a config dataclass (and of those inside it)."""
+    import dataclasses
+
+    comments: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        comments.update(_field_comments(cls))
+    lines = []
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "???"
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            lines += key_help(type(default), f"{prefix}{f.name}.")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and f.name == "name" and len(choices) == 1:  # a variant's own name: its group lists the others
+            choices = None
+        described = comments.get(f.name, "").rstrip(".")
+        note = "; ".join(x for x in (described, f"one of {', '.join(choices)}" if choices else "") if x)
+        lines.append(f"  {prefix}{f.name} = {default!r}" + (f"  # {note}" if note else ""))
+    return lines
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """A dataclass's field comments: the comment lines just above a field and the one at its end."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, above = {}, []
+    for line in source[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"^\s+(\w+)\s*:", line)
+        if match and not stripped.startswith(("def ", "@")):
+            inline = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+            text = " ".join([*above, inline]).strip()
+            if text:
+                out[match.group(1)] = text
+        above = []
+    return out
 
 
 def hydra_overrides(args: list[str]) -> list[str]:

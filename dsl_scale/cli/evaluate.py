@@ -22,7 +22,7 @@ def run(cfg) -> None:
 
 
 def main() -> None:
-    from dsl_scale.evaluation.config import register_eval_configs, validate_eval_config
+    from dsl_scale.evaluation.config import EvalConfig, register_eval_configs, validate_eval_config
 
     hydra_main(run, config_name="evaluate", register=register_eval_configs, check=validate_eval_config,
-               doc=" ".join(__doc__.split("\n\n")[0].split()))
+               doc=" ".join(__doc__.split("\n\n")[0].split()), schema=EvalConfig)

@@ -35,7 +35,7 @@ def check(cfg) -> None:
 
 def main() -> None:
     from dsl_scale.cli.pretrain import GROUPS
-    from dsl_scale.config import register_configs
+    from dsl_scale.config import Config, register_configs
 
     hydra_main(run, config_name="finetune", register=register_configs, check=check, groups=GROUPS,
-               doc=__doc__.splitlines()[0])
+               doc=__doc__.splitlines()[0], schema=Config)

@@ -31,7 +31,7 @@ GROUPS = ("model", "objective", "preset")
 
 
 def main() -> None:
-    from dsl_scale.config import register_configs
+    from dsl_scale.config import Config, register_configs
 
     hydra_main(run, config_name="config", register=register_configs, check=check, groups=GROUPS,
-               doc=__doc__.splitlines()[0])
+               doc=__doc__.splitlines()[0], schema=Config)

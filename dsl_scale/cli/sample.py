@@ -27,7 +27,7 @@ def check(cfg) -> None:
 
 
 def main() -> None:
-    from dsl_scale.sampling.config import register_sample_configs
+    from dsl_scale.sampling.config import SampleConfig, register_sample_configs
 
     hydra_main(run, config_name="sample", register=register_sample_configs, check=check, groups=("sampler",),
-               doc=__doc__.splitlines()[0])
+               doc=__doc__.splitlines()[0], schema=SampleConfig)

@@ -62,6 +62,7 @@ def test_each_command_has_its_own_help():
     assert "powered by Hydra" not in result.stdout
     result, _ = cli("dsl-finetune", "--help")
     assert "from_checkpoint" in result.stdout and "sampler" not in result.stdout and "cluster" not in result.stdout
+    assert "  train.precision = 'auto'  # " in result.stdout and "one of auto, fp32, bf16" in result.stdout
 
 
 def test_inspect_json_parses_although_deepspeed_warns(tmp_path):
