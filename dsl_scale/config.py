@@ -248,6 +248,13 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    # resuming a checkpoint saved at another TP/PP/DP/ZeRO layout: auto reshards it in-process, never refuses with
+    # the offline command to run instead (checkpoint/relayout.py)
+    reshard: str = choice("auto", "auto", "never")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveSchema = field(default_factory=MDLMObjectiveConfig)
@@ -255,6 +262,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run_dir: str = "runs/default"
     init_from: str | None = None
 

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from dsl_scale.checkpoint import layout, training
+from dsl_scale.checkpoint import layout, relayout, training
 from dsl_scale.checkpoint.consolidated import ConsolidatedCheckpoint, is_consolidated
 from dsl_scale.checkpoint.gather import full_state_dict
 from dsl_scale.checkpoint.init_from import load_into
@@ -58,6 +58,7 @@ class Checkpointer:
         self.decision: StartDecision | None = None
         self.lock: RunLock | None = None  # rank 0's hold on run_dir, taken by `start` before anything is written
         self.lock_lease_s = DEFAULT_LEASE_S
+        self.reshard = "auto"  # checkpoint.reshard: a tag saved at another layout (relayout.py)
         self.save_guard = SaveGuard(self.root, check_lock=lambda: self.lock.check() if self.lock else None)
 
     @classmethod
@@ -66,6 +67,7 @@ class Checkpointer:
         checkpointer = cls(cfg.run_dir, topo, cfg.parallel.zero_stage, t.keep_checkpoints, resume=t.resume,
                            save_every=t.save_every, init_from=init_from or cfg.init_from)
         checkpointer.save_guard.policy, checkpointer.lock_lease_s = t.on_save_error, t.lock_lease_minutes * 60
+        checkpointer.reshard = cfg.checkpoint.reshard
         return checkpointer
 
     # start-up ----------------------------------------------------------------------------------------------
@@ -101,6 +103,11 @@ class Checkpointer:
                     "resume; restore them, start a new run_dir, or set train.allow_config_change=true")
                 return decision
             decision.notes = [f"config changed since the checkpoint: {c}" for c in (*refused, *allowed)]
+        if tag is not None and not decision.layout_free:  # saved at another layout: resharded for this run's
+            run = {"tp": self.topo.tp, "pp": self.topo.pp, "dp": self.topo.dp, "zero_stage": self.zero_stage}
+            decision.tag, note = relayout.prepare(self.root, tag, run, self.reshard)
+            decision.layout_free = note is not None
+            decision.notes += [note] if note else []
         if cfg is not None:
             self._keep_config(cfg)
         return decision
@@ -187,7 +194,9 @@ class Checkpointer:
         client_state, ema_state = training.load(engine, self.root, tag, self.topo, self.ema_sharded,
                                                 self._decided().layout_free)
         step = int(client_state["step"])
-        check_same_step(step)
+        check_same_step(step)  # also: every rank has read the tag
+        if _rank() == 0:
+            relayout.cleanup(self.root, tag)
         return step, ema_state, self.root / tag
 
     def due(self, step: int, last_step: int, forced: bool = False) -> bool:
