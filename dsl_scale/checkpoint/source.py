@@ -185,6 +185,11 @@ def resolve_model_shape(cfg: Any) -> Checkpoint | None:
         if cfg.model.name == FROM_CHECKPOINT:
             raise CheckpointError(f"model={FROM_CHECKPOINT} takes the shape from init_from=, which is not set")
         return None
+    earlier = _earlier_start_shape(cfg)
+    if earlier is not None:  # a restart of this run: its own shape (init_from may be gone by now)
+        for key, value in earlier.items():
+            setattr(cfg.model, key, value)
+        return None
     checkpoint = open_checkpoint(cfg.init_from)
     shape = checkpoint.shape()
     if cfg.model.name == FROM_CHECKPOINT:
@@ -197,6 +202,23 @@ def resolve_model_shape(cfg: Any) -> Checkpoint | None:
     else:
         checkpoint.check_shape(cfg.model)
     return checkpoint
+
+
+def _earlier_start_shape(cfg: Any) -> dict | None:
+    """The shape (and resolved name) an earlier start of this run took from init_from: run_dir/config.yaml,
+    when this start asks for model=from_checkpoint too and may resume."""
+    import yaml
+
+    file = Path(cfg.run_dir) / "config.yaml"
+    if cfg.model.name != FROM_CHECKPOINT or not cfg.train.resume or not file.is_file():
+        return None
+    try:
+        model = (yaml.safe_load(file.read_text()) or {}).get("model") or {}
+    except yaml.YAMLError:
+        return None
+    if not str(model.get("name", "")).startswith(FROM_CHECKPOINT + ":") or any(k not in model for k in SHAPE_KEYS):
+        return None
+    return {k: model[k] for k in ("name", *SHAPE_KEYS, "time_conditioning") if k in model}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -157,3 +157,19 @@ def test_sampling_loads_a_reference_layout_directory(process_group, tmp_path):
     loaded = load_for_inference(tmp_path / "owt", precision="fp32", device=torch.device("cpu"))
     assert loaded.train_config.model.hidden == 32 and loaded.train_config.model.seq_len == 32
     assert torch.equal(loaded.model.state_dict()["vocab_embed.weight"], tensors["backbone.vocab_embed.embedding"])
+
+
+def test_a_restart_takes_the_shape_its_first_start_took(tmp_path):
+    from omegaconf import OmegaConf
+
+    reference_layout_dir(tmp_path / "owt")
+    first = Config(model=ModelConfig(name="from_checkpoint"), init_from=str(tmp_path / "owt"),
+                   run_dir=str(tmp_path / "run"))
+    assert resolve_model_shape(first).kind == "hf-mdlm" and first.model.name == "from_checkpoint:imported"
+    (tmp_path / "run").mkdir()
+    OmegaConf.save(OmegaConf.structured(first), tmp_path / "run" / "config.yaml")
+    shutil.rmtree(tmp_path / "owt")  # a requeued job may no longer see init_from: the run is its own source
+    again = Config(model=ModelConfig(name="from_checkpoint"), init_from=str(tmp_path / "owt"),
+                   run_dir=str(tmp_path / "run"))
+    assert resolve_model_shape(again) is None
+    assert (again.model.name, again.model.hidden, again.model.n_blocks) == ("from_checkpoint:imported", 32, 2)
