@@ -37,13 +37,19 @@ class RunDirectoryInUse(RuntimeError):
     """Another live run holds the run directory."""
 
 
-def _pid_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), where /proc has it."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), where /proc has them."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _pid_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), where /proc has it."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _pid_runs(pid: int, start: str | None) -> bool:
@@ -53,8 +59,12 @@ def _pid_runs(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # someone else's live process
         pass
-    now = _pid_start(pid)
-    return start is None or now is None or now == start
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True
+    if fields[0] in ("Z", "X"):  # exited, not reaped yet (a container's init may never reap it)
+        return False
+    return start is None or len(fields) <= 19 or fields[19] == start
 
 
 def describe(holder: dict[str, Any]) -> str:

@@ -110,3 +110,16 @@ def test_the_holder_renews_its_lease_and_notices_a_takeover(tmp_path: Path):
         lock.check()
     lock.release()
     assert (tmp_path / LOCK_NAME).exists()  # not ours: left alone
+
+
+def test_a_holder_killed_but_not_yet_reaped_counts_as_gone(tmp_path: Path):
+    holder = _holder(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{holder.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie until waited
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lock = RunLock(tmp_path)
+    assert "its process is gone" in lock.acquire()
+    lock.release()
+    holder.wait()
