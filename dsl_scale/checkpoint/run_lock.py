@@ -1,8 +1,9 @@
 """One writer per run directory: `run_dir/run.lock` names the run that owns it.
 
-Rank 0 takes the lock once the process group exists and before anything is written to the run directory,
-and broadcasts the outcome, so that every rank of a refused run stops with the same message (a lock taken
-before the process group would leave the other ranks waiting at the rendezvous for a rank 0 that left).
+Rank 0 takes the lock once the process group exists and before anything is written to the run directory
+(the Checkpointer's `start`), and broadcasts the outcome, so that every rank of a refused run stops with the
+same message (a lock taken before the process group would leave the other ranks waiting at the rendezvous
+for a rank 0 that left).
 
 The lock records the holder's host, pid (and the pid's start time, so a reused pid is not mistaken for the
 holder), SLURM job id, start time and when it was last renewed; a thread of the holder renews it every
@@ -22,7 +23,6 @@ import atexit
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -201,24 +201,3 @@ class RunLock:
         self.held = False
         atexit.unregister(self.release)
 
-
-def hold(run_dir: str | Path, rank: int, lease_s: float = DEFAULT_LEASE_S) -> RunLock | None:
-    """Rank 0 takes `run_dir`'s lock and every rank learns the outcome (a collective when a process group
-    exists): a refused run raises RunDirectoryInUse on every rank. Returns rank 0's lock (None elsewhere)."""
-    import torch.distributed as dist
-
-    lock, outcome = None, [None, None]  # (error, warning)
-    if rank == 0:
-        lock = RunLock(run_dir, lease_s)
-        try:
-            outcome[1] = lock.acquire()
-        except (RunDirectoryInUse, OSError) as err:
-            outcome[0] = f"{type(err).__name__}: {err}"
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        kind, _, message = outcome[0].partition(": ")
-        raise RunDirectoryInUse(message) if kind == RunDirectoryInUse.__name__ else OSError(message)
-    if outcome[1] is not None and rank == 0:
-        print(f"[dsl_scale] warning: {outcome[1]}", file=sys.stderr, flush=True)
-    return lock
