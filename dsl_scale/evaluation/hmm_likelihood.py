@@ -55,12 +55,14 @@ def hmm_quality(source: str, samples: list[list[int]], bos_id: int, eos_id: int,
     """Per-token NLL of each sample's symbols under the source, its mean with a bootstrap interval.
 
     A sample holding any id that is not a symbol (BOS/EOS/[MASK] inside the frame) has probability 0: it is
-    counted in `invalid` and left out of the mean (so read `invalid` beside it); an empty sample too."""
+    counted in `invalid` and left out of the mean (so read `invalid` beside it); an empty sample too. With no valid
+    sample the mean is None."""
     hmm = hmm_from_source(source)
     symbols = [strip_frame(s, bos_id, eos_id) for s in samples]
     valid = [i for i, s in enumerate(symbols) if s and all(0 <= t < hmm.symbols for t in s)]
-    if not valid:
-        raise ValueError(f"none of the {len(samples)} samples is a sequence of {source}'s symbols")
+    if not valid:  # nothing to average: eps_nll (hmm_marginals.py) still scores every sample
+        return {"source": source, "nll_per_token": None, "ci95": None, "count": len(samples), "scored": 0,
+                "invalid": len(samples), "impossible": 0}
     nll = per_token_nll(hmm, [symbols[i] for i in valid])
     finite = np.isfinite(nll)
     lengths = [len(symbols[i]) for i in valid]

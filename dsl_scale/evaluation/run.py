@@ -255,7 +255,7 @@ def _summary(results: dict[str, Any]) -> str:
     for key, field in (("mauve", "mauve"), ("frechet", "frechet"), ("gen_ppl", "gen_ppl"), ("entropy", "entropy"),
                        ("hmm_nll", "nll_per_token"), ("eps_nll", "eps_nll"), ("kn_ppl", "gen_ppl"),
                        ("nelbo", "nelbo")):
-        if key in results:
+        if key in results and results[key].get(field) is not None:
             parts.append(f"{key} {results[key][field]:.4f}")
     if "calibration" in results:
         parts.append("ECE visible/masked " + "/".join(f"{results['calibration'][k]['ece'] or float('nan'):.4f}"

@@ -13,24 +13,40 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dsl_scale.experiment.config import CHECKPOINTS, Experiment, experiment_dict, quality_metric
-from dsl_scale.experiment.stages import Layout
+from dsl_scale.experiment.config import Experiment, ar_run, expanded_methods, experiment_dict, quality_metric
+from dsl_scale.experiment.stages import Layout, arm_runs
 
-RUNS = (("pretrain", "MDLM pretraining"), ("mdlm", "MDLM, continued"), ("dsl", "DSL fine-tune"),
-        ("ar", "AR baseline (gen-PPL scorer)"))
-# (key in a results file, its figure, table title); every one has sanity rows.
-METRICS = (("mauve", "mauve", "MAUVE (higher is better)"),
-           ("frechet", "frechet", "Fréchet distance on the MAUVE features (lower is better)"),
-           ("hmm_nll", "nll_per_token", "Exact NLL per symbol under the synthetic source (lower is better)"),
-           ("gen_ppl", "gen_ppl", "gen-PPL (lower is better)"))
+# (row key, path in a results file, its figure, sanity check name or None, table title)
+METRICS = (
+    ("mauve", ("mauve",), "mauve", "mauve", "MAUVE (higher is better)"),
+    ("frechet", ("frechet",), "frechet", "frechet", "Fréchet distance on the MAUVE features (lower is better)"),
+    ("eps_nll", ("eps_nll",), "eps_nll", "eps_nll",
+     "ε-smoothed exact NLL per symbol, every sample scored (lower is better)"),
+    ("hmm_nll", ("hmm_nll",), "nll_per_token", "hmm_nll",
+     "Exact NLL per symbol under the synthetic source, valid samples only (lower is better)"),
+    ("tv_2", ("hmm_tv", "tv_2"), "tv", "hmm_tv",
+     "Bigram TV distance to the source's exact marginal (lower is better; held-out real = the finite-sample floor)"),
+    ("tv_3", ("hmm_tv", "tv_3"), "tv", "hmm_tv",
+     "Trigram TV distance to the source's exact marginal (lower is better)"),
+    ("gen_ppl", ("gen_ppl",), "gen_ppl", "gen_ppl", "gen-PPL under the AR scorer (lower is better)"),
+    ("gen_ppl_2", ("gen_ppl_2",), "gen_ppl", "gen_ppl_2", "gen-PPL under the second AR scorer (lower is better)"),
+    ("kn_ppl", ("kn_ppl",), "gen_ppl", "kn_ppl", "Perplexity under the Kneser–Ney n-gram scorer (lower is better)"),
+    *((f"distinct_{n}", ("entropy",), f"distinct_{n}", None,
+       f"distinct-{n} (held-out real text is the reference: far below it is mode seeking)") for n in range(1, 5)),
+)
 SANITY_LABELS = (("real", "held-out real text"), ("shuffled", "shuffled real text"))
 
 
+def _entry(result: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        result = (result or {}).get(key) or {}
+    return result
 
 
-def _figure(result: dict, key: str, field: str) -> tuple[float | None, list[float] | None]:
-    entry = result.get(key) or {}
-    return entry.get(field), entry.get("ci95")
+def _figure(result: dict, path: tuple[str, ...], field: str) -> tuple[float | None, list[float] | None]:
+    entry = _entry(result, path)
+    ci = entry.get("ci95")
+    return entry.get(field), ci.get(field) if isinstance(ci, dict) else ci
 
 
 def _combine(values: list[tuple[float | None, list[float] | None]]) -> tuple[float | None, list[float] | None]:
@@ -45,11 +61,11 @@ def _combine(values: list[tuple[float | None, list[float] | None]]) -> tuple[flo
 
 
 def collect_rows(e: Experiment, layout: Layout) -> list[dict[str, Any]]:
-    """One row per (method, T), its figures averaged over the sampling seeds' results files; a missing file
-    is an error."""
+    """One row per (method, fine-tune seed, T), its figures averaged over the sampling seeds' results files; a
+    missing file is an error."""
     rows = []
-    for method in e.sample.methods:
-        for steps in e.sample.steps:
+    for method in expanded_methods(e):
+        for steps in method.steps:
             files = [layout.results(method, steps, seed) for seed in e.sample.seeds]
             for seed, file in zip(e.sample.seeds, files):
                 if not file.is_file():
@@ -58,24 +74,37 @@ def collect_rows(e: Experiment, layout: Layout) -> list[dict[str, Any]]:
             results = [json.loads(f.read_text()) for f in files]
             r = results[0]
             nfe = [x["mean_nfe"] for x in results if x.get("mean_nfe") is not None]
-            row = {"method": method.label, "checkpoint": method.checkpoint, "sampler": method.sampler, "T": steps,
+            remasks = [(x.get("sampler_settings") or {}).get("mean_remasks") for x in results]
+            row = {"method": method.label, "checkpoint": method.run or method.checkpoint, "arm": method.checkpoint,
+                   "finetune_seed": method.finetune_seed, "sampler": method.sampler, "T": steps,
                    "mean_nfe": sum(nfe) / len(nfe) if nfe else None, "count": r.get("count"),
-                   "entropy": _combine([_figure(x, "entropy", "entropy") for x in results])[0],
+                   "entropy": _combine([_figure(x, ("entropy",), "entropy") for x in results])[0],
                    "results_files": [str(f) for f in files], "seeds": list(e.sample.seeds), "ci95": {},
                    "sanity": {}, "sanity_rows": {},
                    # samples with a non-symbol inside the frame: left out of hmm_nll's mean (read them together)
-                   "hmm_invalid": _combine([_figure(x, "hmm_nll", "invalid") for x in results])[0]}
-            for key, field, _ in METRICS:
-                row[key], row["ci95"][key] = _combine([_figure(x, key, field) for x in results])
-                checks = [((x.get("sanity") or {}).get("checks") or {}).get(key) for x in results]
+                   "hmm_invalid": _combine([_figure(x, ("hmm_nll",), "invalid") for x in results])[0],
+                   "mean_remasks": None if any(v is None for v in remasks) else sum(remasks) / len(remasks),
+                   "remask_improved": _combine([_figure(x, ("remask_correction",), "improved_fraction")
+                                                for x in results])[0]}
+            for key, path, field, check, _ in METRICS:
+                row[key], row["ci95"][key] = _combine([_figure(x, path, field) for x in results])
+                checks = [((x.get("sanity") or {}).get("checks") or {}).get(check) for x in results] if check else []
                 row["sanity"][key] = (None if all(c is None for c in checks)
                                       else all(c is None or c["passed"] for c in checks))
                 sanity = r.get("sanity") or {}
-                row["sanity_rows"][key] = {name: dict(zip(("value", "ci95"), _figure(sanity.get(name) or {}, key,
+                row["sanity_rows"][key] = {name: dict(zip(("value", "ci95"), _figure(sanity.get(name) or {}, path,
                                                                                       field)))
                                            for name, _ in SANITY_LABELS}
             rows.append(row)
     return rows
+
+
+def training_runs(e: Experiment) -> list[tuple[str, str]]:
+    """(run name, label) of every training run."""
+    runs = [("pretrain", "MDLM pretraining")]
+    runs += [(run, f"arm {arm}" + ("" if run == arm else f" ({run})")) for run, arm in arm_runs(e)]
+    runs += [(ar_run(e, seed), f"AR (seed {seed})") for seed in e.train.ar_seeds]
+    return runs
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -102,10 +131,11 @@ def _fmt_ci(value: Any, ci: list[float] | None, digits: int = 3) -> str:
 
 
 def metric_table(e: Experiment, rows: list[dict], key: str, title: str) -> list[str]:
-    """A metric's table by T with its sanity rows first; "sanity failed" instead when a check failed."""
+    """A metric's table by T with its sanity rows first, every cell with its interval and mean NFE; "sanity
+    failed" instead when a check failed."""
     if all(r[key] is None for r in rows):
         return []
-    grid, digits = list(e.sample.steps), 1 if key == "gen_ppl" else 3
+    grid, digits = list(e.sample.steps), 1 if key in ("gen_ppl", "gen_ppl_2", "kn_ppl") else 3
     lines = [f"## {title} by number of steps T", ""]
     verdicts = [r["sanity"][key] for r in rows]
     if any(v is False for v in verdicts):
@@ -114,24 +144,30 @@ def metric_table(e: Experiment, rows: list[dict], key: str, title: str) -> list[
         return [*lines, f"**sanity failed** (e.g. {failed['method']} T={failed['T']}: held-out real text "
                         f"{_fmt(real, digits)}, shuffled real text {_fmt(shuffled, digits)}; rule in "
                         "dsl_scale/evaluation/sanity.py): figures not reported.", ""]
-    if any(v is None for v in verdicts):
+    if any(v is None for v in verdicts) and not key.startswith("distinct"):
         lines += ["(no sanity rows for some cells: these figures are unchecked)", ""]
-    lines += ["| method | " + " | ".join(f"T={T}" for T in grid) + " |", "|---|" + "---|" * len(grid)]
+    lines += ["Cells: value [95 % interval] · mean NFE.", "",
+              "| method | " + " | ".join(f"T={T}" for T in grid) + " |", "|---|" + "---|" * len(grid)]
     for name, label in SANITY_LABELS:
-        cells = {r["T"]: r["sanity_rows"][key][name] for r in rows if r["method"] == e.sample.methods[0].label}
-        if any(cells[T]["value"] is not None for T in grid):
-            lines.append(f"| *{label}* | " + " | ".join(_fmt_ci(cells[T]["value"], cells[T]["ci95"], digits)
+        cells = {}
+        for r in rows:
+            cells.setdefault(r["T"], r["sanity_rows"][key][name])
+        if any((cells.get(T) or {}).get("value") is not None for T in grid):
+            lines.append(f"| *{label}* | " + " | ".join(_fmt_ci((cells.get(T) or {}).get("value"),
+                                                                 (cells.get(T) or {}).get("ci95"), digits)
                                                          for T in grid) + " |")
-    for method in e.sample.methods:
+    for method in expanded_methods(e):
         cells = {r["T"]: r for r in rows if r["method"] == method.label}
-        lines.append(f"| {method.label} | "
-                     + " | ".join(_fmt_ci(cells[T][key], cells[T]["ci95"][key], digits) for T in grid) + " |")
+        lines.append(f"| {method.label} | " + " | ".join(
+            "–" if T not in cells else _fmt_ci(cells[T][key], cells[T]["ci95"][key], digits)
+            + f" · {_fmt(cells[T]['mean_nfe'], 1)}" for T in grid) + " |")
     return [*lines, ""]
 
 
-def analysis_table(layout: Layout) -> list[str]:
-    """Calibration and self-correction of each arm, when their results files exist."""
-    found = {c: json.loads(layout.analysis(c).read_text()) for c in CHECKPOINTS if layout.analysis(c).is_file()}
+def analysis_table(e: Experiment, layout: Layout) -> list[str]:
+    """Calibration and self-correction of each arm run, when their results files exist."""
+    found = {run: json.loads(layout.analysis(run).read_text()) for run, _ in arm_runs(e)
+             if layout.analysis(run).is_file()}
     if not found:
         return []
     lines = ["## The paper's analyses (raw x_θ at every position; see evaluation/calibration.py, self_correction.py)",
@@ -155,8 +191,11 @@ def analysis_table(layout: Layout) -> list[str]:
     return lines
 
 
-LOWER_IS_BETTER = {"frechet", "hmm_nll", "gen_ppl"}
-COLUMNS = (("mauve", "MAUVE", 3), ("frechet", "Fréchet", 3), ("hmm_nll", "NLL/symbol", 3), ("gen_ppl", "gen-PPL", 1))
+LOWER_IS_BETTER = {"frechet", "hmm_nll", "eps_nll", "tv_2", "tv_3", "gen_ppl", "gen_ppl_2", "kn_ppl"}
+COLUMNS = (("eps_nll", "ε-NLL", 3), ("hmm_nll", "NLL/symbol", 3), ("tv_2", "TV-2", 3), ("tv_3", "TV-3", 3),
+           ("mauve", "MAUVE", 3), ("frechet", "Fréchet", 3), ("gen_ppl", "gen-PPL", 1), ("gen_ppl_2", "gen-PPL 2", 1),
+           ("kn_ppl", "KN-PPL", 1), ("distinct_4", "distinct-4", 3), ("mean_remasks", "remasks", 1),
+           ("remask_improved", "remasks improving", 3))
 
 
 def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: float, layout: Layout) -> str:
@@ -166,19 +205,25 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
         "",
         f"Data `{d.source}` (tokenizer `{d.tokenizer}`, L = {d.seq_len}; MAUVE references: held-out validation "
         f"blocks), model `{t.model}`, seed {e.seed}. MDLM pretraining {t.pretrain_steps} steps, then "
-        f"{t.extra_steps} more steps for each arm (DSL fine-tune `{' '.join(t.dsl_overrides)}`; MDLM continued), "
-        f"global batch {t.global_batch}; AR baseline {t.ar_steps} steps. {s.num_samples} samples per cell and "
-        f"sampling seed, seeds {list(s.seeds)} averaged (intervals: the envelope of the seeds' bootstrap 95 % "
-        f"intervals), top-p {s.top_p}; metrics {', '.join(v.metrics)}; MAUVE / Fréchet featurizer "
-        f"`{v.featurizer}`. Wall time {wall_s / 60:.1f} min.",
+        f"{t.extra_steps} more steps for each arm ("
+        + "; ".join(f"{a.name}: objective={a.objective} {' '.join(a.overrides)} from {a.init_from}".rstrip()
+                    for a in t.arms)
+        + f"), fine-tune seeds {list(t.finetune_seeds)}, "
+        f"global batch {t.global_batch}; AR {t.ar_steps} steps (seeds {list(t.ar_seeds)}). "
+        f"{s.num_samples} samples per cell and sampling seed, seeds {list(s.seeds)} averaged (intervals: the "
+        f"envelope of the seeds' bootstrap 95 % intervals), top-p {s.top_p}; metrics {', '.join(v.metrics)}; "
+        f"MAUVE / Fréchet featurizer `{v.featurizer}`. Wall time {wall_s / 60:.1f} min.",
         *(["", e.note] if e.note else []),
         "",
     ]
-    for key, _, title in METRICS:
+    for key, _, _, _, title in METRICS:
         lines += metric_table(e, rows, key, title)
     shown = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows)]
     invalid = int(any(r["hmm_invalid"] is not None for r in rows))
-    lines += [*step_efficiency(e, rows), "", *analysis_table(layout), "## Every figure", "",
+    from dsl_scale.experiment.verdicts import verdict_lines, verdicts
+
+    lines += [*verdict_lines(verdicts(rows, list(v.metrics), list(t.finetune_seeds))), *step_efficiency(e, rows), "",
+              *analysis_table(e, layout), "## Every figure", "",
               "| method | T | mean NFE | " + " | ".join(c[1] for c in shown) + " | entropy | samples |"
               + (" invalid (NLL) |" if invalid else ""), "|---|---|---|" + "---|" * (len(shown) + 2 + invalid)]
     for r in rows:
@@ -187,7 +232,7 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
                      + f"{_fmt(r['entropy'], 3)} | {r['count']} |"
                      + (f" {_fmt(r['hmm_invalid'], 1)} |" if invalid else ""))
     lines += ["", "## Training runs", "", "| run | steps | last validation loss | tokens/s |", "|---|---|---|---|"]
-    for key, label in RUNS:
+    for key, label in training_runs(e):
         run = runs.get(key, {})
         lines.append(f"| {label} | {run.get('steps', '–')} | {_fmt(run.get('val_loss'))} | "
                      f"{_fmt(run.get('tokens_per_s'), 0)} |")
@@ -204,7 +249,7 @@ def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
     if base is None or key == "entropy" or any(r["sanity"].get(key) is False for r in rows):
         return []
     top = max(e.sample.steps)
-    target = next(r[key] for r in rows if r["method"] == base.label and r["T"] == top)
+    target = next((r[key] for r in rows if r["method"] == base.label and r["T"] == top), None)
     if target is None:
         return []
     lower = key in LOWER_IS_BETTER
@@ -222,17 +267,20 @@ def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
 def write_report(e: Experiment, layout: Layout, stages: list[dict], wall_s: float, plot: bool = True) -> dict:
     """results.json, results.md and quality_vs_nfe.png under the output directory; returns results.json's content."""
     rows = collect_rows(e, layout)
-    runs = {key: run_summary(layout.run(key)) for key, _ in RUNS}
-    analyses = {c: json.loads(layout.analysis(c).read_text()) for c in CHECKPOINTS if layout.analysis(c).is_file()}
+    runs = {key: run_summary(layout.run(key)) for key, _ in training_runs(e)}
+    analyses = {c: json.loads(layout.analysis(c).read_text()) for c, _ in arm_runs(e) if layout.analysis(c).is_file()}
+    from dsl_scale.experiment.verdicts import verdicts
+
     results = {"experiment": experiment_dict(e), "tokenizer": e.data.tokenizer, "seed": e.seed, "rows": rows,
-               "runs": runs, "analyses": analyses, "stages": stages, "wall_time_s": wall_s}
+               "runs": runs, "analyses": analyses, "stages": stages, "wall_time_s": wall_s,
+               "verdicts": verdicts(rows, list(e.eval.metrics), list(e.train.finetune_seeds))}
     (layout.root / "results.json").write_text(json.dumps(results, indent=2))
     (layout.root / "results.md").write_text(markdown(e, rows, runs, wall_s, layout))
     if plot:
         from dsl_scale.experiment.plot import plot_quality_vs_nfe  # matplotlib: only when plotting
 
-        curves = [(key, title) for key, _, title in METRICS if any(r[key] is not None and r["sanity"][key] is not False
-                                                                  for r in rows)]
-        plot_quality_vs_nfe(rows, [m.label for m in e.sample.methods], [*curves, ("entropy", "entropy (nats)")],
+        curves = [(key, title) for key, _, _, _, title in METRICS
+                  if any(r[key] is not None and r["sanity"][key] is not False for r in rows)]
+        plot_quality_vs_nfe(rows, [m.label for m in expanded_methods(e)], [*curves, ("entropy", "entropy (nats)")],
                             layout.root / "quality_vs_nfe.png")
     return results

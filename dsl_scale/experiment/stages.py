@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsl_scale.experiment.config import CHECKPOINTS, Experiment, Method
+from dsl_scale.experiment.config import AR, Experiment, Method, ar_run, arm_run, expanded_methods
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
@@ -49,9 +49,9 @@ class Layout:
     def results(self, method: Method, steps: int, seed: int) -> Path:
         return self.root / "results" / f"{slug(method.label)}_T{steps}_seed{seed}.json"
 
-    def analysis(self, checkpoint: str) -> Path:
-        """The analyses (calibration, self-correction) of one arm."""
-        return self.root / "results" / f"analysis_{checkpoint}.json"
+    def analysis(self, run: str) -> Path:
+        """The analyses (calibration, self-correction) of one arm's run."""
+        return self.root / "results" / f"analysis_{run}.json"
 
     @property
     def markers(self) -> Path:
@@ -66,13 +66,15 @@ def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def training_overrides(e: Experiment, layout: Layout, run: str, steps: int, warmup: int) -> list[str]:
+def training_overrides(e: Experiment, layout: Layout, run: str, steps: int, warmup: int,
+                       seed: int | None = None) -> list[str]:
     t = e.train
     return [
         f"model={t.model}", f"model.seq_len={e.data.seq_len}", f"data.path={layout.data}",
         f"data.source={e.data.source}", f"data.tokenizer={e.data.tokenizer}", f"run_dir={layout.run(run)}",
         f"train.steps={steps}", f"train.global_batch={t.global_batch}", f"train.micro_batch={t.micro_batch}",
-        f"optim.lr={t.lr}", f"optim.warmup_steps={warmup}", f"train.ema={t.ema}", f"train.seed={e.seed}",
+        f"optim.lr={t.lr}", f"optim.warmup_steps={warmup}", f"train.ema={t.ema}",
+        f"train.seed={e.seed if seed is None else seed}",
         f"train.eval_every={min(t.eval_every, steps)}", f"train.save_every={min(t.save_every, steps)}",
         f"train.log_every={max(1, min(t.eval_every, steps) // 5)}", *t.overrides,
     ]
@@ -83,9 +85,40 @@ def hybrid_continuous_steps(e: Experiment, steps: int) -> int:
 
 
 def needs_ar(e: Experiment) -> bool:
-    """The AR run scores gen-PPL and is the in-domain featurizer; without either it is not trained."""
+    """The AR run scores gen-PPL, is the in-domain featurizer and the AR row's generator; without any of these
+    it is not trained."""
     featurized = {"mauve", "frechet"} & set(e.eval.metrics) and e.eval.featurizer.startswith("ar")
-    return "gen_ppl" in e.eval.metrics or bool(featurized)
+    return "gen_ppl" in e.eval.metrics or bool(featurized) or any(m.checkpoint == AR for m in e.sample.methods)
+
+
+ARM_STAGE_NAMES = {"mdlm": "continue MDLM", "dsl": "fine-tune DSL"}  # the default arms' stage names, as before
+
+
+def arm_stage_name(e: Experiment, arm: str, seed: int) -> str:
+    name = ARM_STAGE_NAMES.get(arm, f"fine-tune {arm}")
+    return name if seed == e.train.finetune_seeds[0] else f"{name} (ft seed {seed})"
+
+
+def arm_stages(e: Experiment, layout: Layout) -> list[Stage]:
+    """Every arm once per fine-tune seed, from the pretrained MDLM or an earlier arm's run of the same seed;
+    all start a fresh optimizer, so equal `steps` are equal compute."""
+    t, out = e.train, []
+    for seed in t.finetune_seeds:
+        for arm in t.arms:
+            source = layout.run("pretrain") if arm.init_from == "pretrain" else layout.run(arm_run(e, arm.init_from,
+                                                                                                 seed))
+            run = arm_run(e, arm.name, seed)
+            script = "finetune.py"
+            out.append(Stage(arm_stage_name(e, arm.name, seed), [
+                script, f"objective={arm.objective}", f"init_from={source}",
+                *training_overrides(e, layout, run, arm.steps or t.extra_steps, t.extra_warmup_steps, seed),
+                *arm.overrides], t.ranks, output=str(layout.run(run))))
+    return out
+
+
+def arm_runs(e: Experiment) -> list[tuple[str, str]]:
+    """(run name, arm name) of every fine-tuning run."""
+    return [(arm_run(e, a.name, seed), a.name) for seed in e.train.finetune_seeds for a in e.train.arms]
 
 
 def build_stages(e: Experiment, layout: Layout) -> list[Stage]:
@@ -101,23 +134,23 @@ def build_stages(e: Experiment, layout: Layout) -> list[Stage]:
         Stage("pretrain (MDLM)", ["pretrain.py", "objective=mdlm",
                                   *training_overrides(e, layout, "pretrain", t.pretrain_steps, t.warmup_steps)],
               t.ranks, output=str(pretrain)),
-        Stage("continue MDLM", ["finetune.py", "objective=mdlm", f"init_from={pretrain}",
-                                *training_overrides(e, layout, "mdlm", t.extra_steps, t.extra_warmup_steps)],
-              t.ranks, output=str(layout.run("mdlm"))),
-        Stage("fine-tune DSL", ["finetune.py", "objective=dsl", f"init_from={pretrain}",
-                                *training_overrides(e, layout, "dsl", t.extra_steps, t.extra_warmup_steps),
-                                *t.dsl_overrides], t.ranks, output=str(layout.run("dsl"))),
+        *arm_stages(e, layout),
     ]
     if needs_ar(e):
-        stages.append(Stage("AR baseline", ["pretrain.py", "objective=ar",
-                                            *training_overrides(e, layout, "ar", t.ar_steps, t.warmup_steps)],
-                            t.ranks, output=str(layout.run("ar"))))
+        for seed in t.ar_seeds:
+            run = ar_run(e, seed)
+            name = "AR baseline" if run == "ar" else f"AR baseline (seed {seed})"
+            stages.append(Stage(name, ["pretrain.py", "objective=ar",
+                                       *training_overrides(e, layout, run, t.ar_steps, t.warmup_steps, seed)],
+                                t.ranks, output=str(layout.run(run))))
+    methods = expanded_methods(e)
     for steps in s.steps:
-        for method in s.methods:
-            for seed in s.seeds:
-                stages += cell_stages(e, layout, method, steps, seed)
-    for arm in CHECKPOINTS if e.eval.analyses else ():
-        stages.append(analysis_stage(e, layout, arm))
+        for method in methods:
+            if steps in method.steps:
+                for seed in s.seeds:
+                    stages += cell_stages(e, layout, method, steps, seed)
+    for run, arm in arm_runs(e) if e.eval.analyses else ():
+        stages.append(analysis_stage(e, layout, run, arm))
     return stages
 
 
@@ -133,27 +166,37 @@ def cell_stages(e: Experiment, layout: Layout, method: Method, steps: int, seed:
         if v.featurizer.startswith("ar"):
             features.append(f"featurizer_path={layout.run('ar')}")
     scorer = [f"scorer={layout.run('ar')}"] if "gen_ppl" in v.metrics else []
+    if scorer and len(e.train.ar_seeds) > 1:
+        scorer.append(f"scorer2={layout.run(ar_run(e, e.train.ar_seeds[1]))}")
+    kn = [f"kn_order={v.kn_order}", f"cache_dir={layout.root / 'feature_cache'}"] if "kn_ppl" in v.metrics else []
+    if features and kn:
+        kn = kn[:1]
     cell = f"{method.label} T={steps} seed={seed}"
+    run = method.run or method.checkpoint
     return [
         Stage(f"sample {cell}", [
-            "sample.py", f"checkpoint={layout.run(method.checkpoint)}", f"sampler={method.sampler}",
-            f"steps={steps}", f"num_samples={s.num_samples}", f"batch_size={s.batch_size}", f"top_p={s.top_p}",
+            "sample.py", f"checkpoint={layout.run(run)}", f"sampler={method.sampler}",
+            f"steps={steps}", f"num_samples={s.num_samples}", f"batch_size={s.batch_size}",
+            f"top_p={s.top_p if method.top_p is None else method.top_p}",
             f"seed={seed}", f"batch_invariant={str(s.batch_invariant).lower()}", f"out={samples}", *extra,
             *method.overrides], s.ranks, output=str(samples)),
         Stage(f"evaluate {cell}", [
             "evaluate.py", f"samples={samples}", f"reference={layout.data}", f"metrics=[{','.join(v.metrics)}]",
-            *scorer, *features, f"bootstrap_resamples={v.bootstrap_resamples}", f"seed={seed}",
+            *scorer, *features, *kn, f"bootstrap_resamples={v.bootstrap_resamples}", f"seed={seed}",
             f"out={results}"], 1, output=str(results)),
     ]
 
 
-def analysis_stage(e: Experiment, layout: Layout, arm: str) -> Stage:
-    """Calibration and self-correction of one arm's checkpoint on held-out blocks (launchers/evaluate.py)."""
+def analysis_stage(e: Experiment, layout: Layout, run: str, arm: str | None = None) -> Stage:
+    """Calibration and self-correction of one arm run's checkpoint on held-out blocks (launchers/evaluate.py);
+    a DSL arm's visible tokens through the converter at eval.dsl_visible_snr."""
     v = e.eval
-    snr = [f"analysis_visible_snr={v.dsl_visible_snr}"] if arm == "dsl" and v.dsl_visible_snr is not None else []
-    out = layout.analysis(arm)
-    return Stage(f"analyse {arm}", [
-        "evaluate.py", f"metrics=[{','.join(v.analyses)}]", f"checkpoint={layout.run(arm)}",
+    objective = next((a.objective for a in e.train.arms if a.name == (arm or run)), "mdlm")
+    snr = ([f"analysis_visible_snr={v.dsl_visible_snr}"] if objective == "dsl" and v.dsl_visible_snr is not None
+           else [])
+    out = layout.analysis(run)
+    return Stage(f"analyse {run}", [
+        "evaluate.py", f"metrics=[{','.join(v.analyses)}]", f"checkpoint={layout.run(run)}",
         f"reference={layout.data}", f"analysis_examples={v.analysis_examples}", *snr, f"seed={e.seed}",
         f"bootstrap_resamples={v.bootstrap_resamples}", f"out={out}"], 1, output=str(out))
 
@@ -220,8 +263,13 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool) -> None:
         raise RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
 
 
-def run_stages(stages: list[Stage], layout: Layout, echo: bool = True) -> list[dict]:
-    """Run what has not finished yet, in order; returns every stage's marker (name, seconds, skipped)."""
+class BudgetReached(RuntimeError):
+    """run_stages stopped before a stage because the invocation's time budget was spent."""
+
+
+def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s: float = 0.0) -> list[dict]:
+    """Run what has not finished yet, in order; returns every stage's marker (name, seconds, skipped). With
+    budget_s > 0, no stage starts once that many seconds have passed (BudgetReached; rerun to continue)."""
     layout.markers.mkdir(parents=True, exist_ok=True)
     started, records = time.time(), []
     for i, stage in enumerate(stages):
@@ -231,6 +279,9 @@ def run_stages(stages: list[Stage], layout: Layout, echo: bool = True) -> list[d
             print(f"{prefix}: done before ({marker['seconds']:.0f} s), skipped", flush=True)
             records.append({**marker, "skipped": True})
             continue
+        if budget_s > 0 and time.time() - started >= budget_s:
+            raise BudgetReached(f"time budget of {budget_s / 60:.0f} min reached before stage {i + 1}/{len(stages)} "
+                                f"({stage.name}); run the same command again to continue from there")
         print(f"{prefix} → {stage.output}", flush=True)
         t0 = time.time()
         if stage.action is not None:

@@ -4,34 +4,55 @@ running (real marker files), and the report written from results files in evalua
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from omegaconf.errors import ConfigKeyError
 
-from dsl_scale.experiment.config import load_experiment
+from dsl_scale.experiment.config import expanded_methods, load_experiment
 from dsl_scale.experiment.report import write_report
-from dsl_scale.experiment.stages import Layout, Stage, build_stages, run_stages
+from dsl_scale.experiment.stages import BudgetReached, Layout, Stage, build_stages, run_stages
 
-METHODS = ["MDLM", "MDLM + ReMDM-loop", "DSL + ReMDM-loop", "DSL + confidence remasking",
-           "DSL + confidence remasking, SNR 5", "MDLM + confidence remasking", "DSL hybrid"]
+ARMS = ["mdlm", "dsl", "dsl_authors", "mdlm_2x", "corrupt"]
+# rows every preregistered rule reads (PREREGISTRATION.md), in both testbeds' configs
+RULE_ROWS = ["MDLM", "MDLM + ReMDM-cap", "MDLM + ReMDM-rescale", "MDLM + ReMDM-conf", "MDLM + ReMDM-loop",
+             "MDLM + ReMDM-loop (T << L)", "MDLM + confidence unmasking", "DSL + MDLM sampler", "DSL + ReMDM-loop",
+             "DSL + confidence remasking", "DSL + confidence unmasking", "MDLM-2x + confidence unmasking",
+             "Control + confidence remasking", "AR"]
 
 
 def test_configs_load_and_bad_settings_fail():
-    full, synthetic = load_experiment("full"), load_experiment("synthetic")
-    quick = load_experiment("quick", ["sample.steps=[4,6]", "seed=3"])
+    full, synthetic, base2000 = (load_experiment(n) for n in ("full", "synthetic", "synthetic_base2000"))
+    quick = load_experiment("quick", ["sample.steps=[4,8]", "seed=3"])
     for e in (full, synthetic):
-        assert [m.label for m in e.sample.methods] == METHODS and len(e.sample.seeds) >= 2
+        labels = [m.label for m in e.sample.methods]
+        assert set(RULE_ROWS) <= set(labels) and [a.name for a in e.train.arms] == ARMS
+        assert e.train.finetune_seeds == [0, 1] and e.stop_after_minutes > 0
         assert e.eval.featurizer == "ar" and set(e.eval.analyses) == {"calibration", "self_correction"}
-    assert full.data.tokenizer == "char" and {"mauve", "frechet", "gen_ppl", "entropy"} <= set(full.eval.metrics)
+        assert {m.sampler for m in e.sample.methods} >= {"mdlm", "remdm_cap", "remdm_rescale", "remdm_conf",
+                                                         "remdm_loop", "remdm_loop_short", "confidence_unmask",
+                                                         "remdm_confidence", "dsl_llada_sde", "ar"}
+    assert full.data.tokenizer == "char" and {"mauve", "frechet", "gen_ppl", "kn_ppl", "entropy"} <= set(
+        full.eval.metrics) and full.train.ar_seeds == [0, 1]
     assert synthetic.data.source.startswith("synthetic-hmm") and synthetic.data.seq_len == 128
-    assert {"hmm_nll", "entropy"} <= set(synthetic.eval.metrics)
-    assert (quick.sample.steps, quick.seed, quick.train.model) == ([4, 6], 3, "micro")
-    assert quick.data.source.startswith("synthetic-hmm") and "remdm_confidence" in [m.sampler for m in
-                                                                                   quick.sample.methods]
+    assert {"eps_nll", "hmm_tv", "entropy"} <= set(synthetic.eval.metrics)
+    assert base2000.train.pretrain_steps == 2000 and synthetic.train.pretrain_steps == 800
+    assert (quick.sample.steps, quick.seed, quick.train.model) == ([4, 8], 3, "micro")
+    assert {"remdm_confidence", "confidence_unmask", "dsl_llada_sde", "ar"} <= {m.sampler for m in
+                                                                              quick.sample.methods}
+    assert "mdlm_corrupt" in [a.objective for a in quick.train.arms]
     with pytest.raises(ConfigKeyError, match="bogus"):
         load_experiment("quick", ["train.bogus=1"])
     with pytest.raises(ValueError, match="checkpoint"):
         load_experiment("quick", ["sample.methods=[{label: x, checkpoint: nope, sampler: mdlm}]"])
+    with pytest.raises(ValueError, match="go together"):
+        load_experiment("quick", ["sample.methods=[{label: x, checkpoint: ar, sampler: mdlm}]"])
+    with pytest.raises(ValueError, match="init_from"):
+        load_experiment("quick", ["train.arms=[{name: a, objective: mdlm, init_from: b}]"])
+    with pytest.raises(ValueError, match="frontier"):
+        load_experiment("quick", ["sample.frontier=[{method: nope, temperatures: [0.5], steps: [4]}]"])
+    with pytest.raises(ValueError, match="within sample.steps"):
+        load_experiment("quick", ["sample.steps=[4]"])
     with pytest.raises(ValueError, match="hmm_nll needs a synthetic-hmm"):
         load_experiment("full", ["eval.metrics=[hmm_nll]"])
     with pytest.raises(ValueError, match="sample.seeds"):
@@ -42,53 +63,64 @@ def test_configs_load_and_bad_settings_fail():
         load_experiment("no_such_experiment")
 
 
-def test_stages_give_both_arms_the_same_steps_and_pair_samples_with_evaluations(tmp_path):
-    e = load_experiment("full", ["sample.steps=[4,16]", "sample.seeds=[0,5]"])
+def test_stages_train_every_arm_per_seed_and_sample_only_the_cells_each_method_names(tmp_path):
+    e = load_experiment("full")
     layout = Layout(tmp_path)
     stages = build_stages(e, layout)
-    names = [s.name for s in stages]
-    assert names[:5] == ["data", "pretrain (MDLM)", "continue MDLM", "fine-tune DSL", "AR baseline"]
-    assert names[-2:] == ["analyse mdlm", "analyse dsl"]
-    assert len(stages) == 5 + 2 * len(e.sample.methods) * 2 * 2 + 2
     by_name = {s.name: s for s in stages}
-    mdlm, dsl = by_name["continue MDLM"].command, by_name["fine-tune DSL"].command
-    for arm in (mdlm, dsl):
-        assert f"train.steps={e.train.extra_steps}" in arm and f"init_from={layout.run('pretrain')}" in arm
-    assert "objective=mdlm" in mdlm and "objective=dsl" in dsl
-    assert "objective=ar" in by_name["AR baseline"].command
-    for steps in (4, 16):
-        hybrid = by_name[f"sample DSL hybrid T={steps} seed=0"].command
-        continuous = int(next(a for a in hybrid if a.startswith("sampler.continuous_steps=")).split("=")[1])
-        assert 1 <= continuous < steps and f"checkpoint={layout.run('dsl')}" in hybrid
-        confidence = by_name[f"sample DSL + confidence remasking T={steps} seed=5"].command
-        assert "sampler=remdm_confidence" in confidence and not any("visible_snr" in a for a in confidence)
-        through_converter = by_name[f"sample DSL + confidence remasking, SNR 5 T={steps} seed=5"].command
-        assert "sampler.visible_snr=5.0" in through_converter and f"checkpoint={layout.run('dsl')}" in through_converter
-        control = by_name[f"sample MDLM + confidence remasking T={steps} seed=5"].command
-        assert "sampler=remdm_confidence" in control and f"checkpoint={layout.run('mdlm')}" in control
-        for method in e.sample.methods:
-            for seed in (0, 5):
-                out = layout.samples(method, steps, seed)
-                sample = by_name[f"sample {method.label} T={steps} seed={seed}"].command
-                assert f"out={out}" in sample and f"seed={seed}" in sample
-                evaluate = by_name[f"evaluate {method.label} T={steps} seed={seed}"].command
-                assert f"samples={out}" in evaluate and f"scorer={layout.run('ar')}" in evaluate
-                assert f"featurizer_path={layout.run('ar')}" in evaluate
-                assert f"out={layout.results(method, steps, seed)}" in evaluate
-                assert layout.results(method, steps, seed).name.endswith(f"_T{steps}_seed{seed}.json")
-    for arm in ("mdlm", "dsl"):
-        analyse = by_name[f"analyse {arm}"].command
-        assert "metrics=[calibration,self_correction]" in analyse and f"checkpoint={layout.run(arm)}" in analyse
-        assert f"out={layout.analysis(arm)}" in analyse
-        assert any(a.startswith("analysis_visible_snr=") for a in analyse) == (arm == "dsl")
+    names = [s.name for s in stages]
+    assert names[:2] == ["data", "pretrain (MDLM)"]
+    arm_names = ["continue MDLM", "fine-tune DSL", "fine-tune dsl_authors", "fine-tune mdlm_2x", "fine-tune corrupt"]
+    assert names[2:12] == arm_names + [f"{n} (ft seed 1)" for n in arm_names]
+    assert names[12:14] == ["AR baseline", "AR baseline (seed 1)"]
+    for seed, suffix in ((0, ""), (1, "_ft1")):
+        for arm, name in zip(ARMS, arm_names):
+            command = by_name[name + ("" if seed == 0 else " (ft seed 1)")].command
+            assert f"run_dir={layout.run(arm + suffix)}" in command and f"train.seed={seed}" in command
+            assert f"train.steps={e.train.extra_steps}" in command
+            source = layout.run("mdlm" + suffix) if arm == "mdlm_2x" else layout.run("pretrain")
+            assert f"init_from={source}" in command
+    assert "objective=mdlm_corrupt" in by_name["fine-tune corrupt"].command
+    assert "objective.mdlm_fraction=0.0" in by_name["fine-tune dsl_authors"].command
+    assert f"train.steps={e.train.ar_steps}" in by_name["AR baseline (seed 1)"].command
+    cells = [n for n in names if n.startswith("sample ")]
+    assert len(cells) == 165 and len([n for n in names if n.startswith("evaluate ")]) == 165
+    assert "sample MDLM-2x + ReMDM-loop T=8 seed=0" not in by_name
+    assert "sample MDLM-2x + ReMDM-loop T=64 seed=0" in by_name
+    assert "sample AR T=64 seed=0" in by_name and "sample AR [ft 1] T=64 seed=0" not in by_name
+    second = by_name["sample DSL + confidence remasking [ft 1] T=16 seed=0"].command
+    assert f"checkpoint={layout.run('dsl_ft1')}" in second and "sampler=remdm_confidence" in second
+    ar = by_name["sample AR T=64 seed=0"].command
+    assert f"checkpoint={layout.run('ar')}" in ar and "sampler=ar" in ar
+    frontier = by_name["sample DSL + confidence remasking, τ=0.8 T=16 seed=0"].command
+    assert "sampler.temperature=0.8" in frontier
+    assert "sample DSL + confidence remasking, τ=0.8 T=8 seed=0" not in by_name
+    evaluate = by_name["evaluate DSL + confidence remasking T=16 seed=0"].command
+    assert f"scorer={layout.run('ar')}" in evaluate and f"scorer2={layout.run('ar_seed1')}" in evaluate
+    assert "kn_order=5" in evaluate and f"featurizer_path={layout.run('ar')}" in evaluate
+    for run in ("mdlm", "dsl", "dsl_authors", "mdlm_2x", "corrupt", "mdlm_ft1", "dsl_ft1", "corrupt_ft1"):
+        analyse = by_name[f"analyse {run}"].command
+        assert f"checkpoint={layout.run(run)}" in analyse and f"out={layout.analysis(run)}" in analyse
+        assert any(a.startswith("analysis_visible_snr=") for a in analyse) == run.startswith("dsl")
 
 
-def test_no_ar_run_without_a_metric_that_needs_it(tmp_path):
-    e = load_experiment("synthetic", ["eval.metrics=[hmm_nll,entropy]", "eval.analyses=[]"])
+def test_no_ar_run_without_a_metric_or_row_that_needs_it(tmp_path):
+    e = load_experiment("synthetic_base2000", ["eval.analyses=[]"])
     stages = build_stages(e, Layout(tmp_path))
     names = [s.name for s in stages]
-    assert "AR baseline" not in names and not any(n.startswith("analyse") for n in names)
+    assert not any(n.startswith("AR baseline") for n in names) and not any(n.startswith("analyse") for n in names)
     assert not any("featurizer_path" in a or a.startswith("scorer=") for s in stages for a in s.command)
+
+
+def test_a_time_budget_stops_before_a_stage_and_the_rerun_continues(tmp_path):
+    layout, calls = Layout(tmp_path), []
+    stages = [Stage(name, [name], action=lambda name=name: (calls.append(name), time.sleep(0.05)))
+              for name in ("a", "b", "c")]
+    with pytest.raises(BudgetReached, match="run the same command again"):
+        run_stages(stages, layout, echo=False, budget_s=0.01)
+    assert calls == ["a"]
+    run_stages(stages, layout, echo=False)
+    assert calls == ["a", "b", "c"]
 
 
 def test_finished_stages_are_skipped_and_changed_ones_refused(tmp_path, capsys):
@@ -137,19 +169,29 @@ def fake_result(e, layout, method, steps, seed, mauve: float, sane: bool = True)
         "sanity": {"real": real, "shuffled": shuffled, "checks": {"mauve": {"passed": sane}}}}))
 
 
+REPORT_METHODS = ("sample.methods=[{label: MDLM, checkpoint: mdlm, sampler: mdlm}, "
+                  "{label: MDLM + ReMDM-loop, checkpoint: mdlm, sampler: remdm_loop}, "
+                  "{label: DSL + ReMDM-loop, checkpoint: dsl, sampler: remdm_loop}, "
+                  "{label: DSL + confidence remasking, checkpoint: dsl, sampler: remdm_confidence, steps: [8]}]")
+
+
 def test_report_averages_seeds_with_sanity_rows_analyses_and_plot(tmp_path):
     e = load_experiment("full", ["eval.metrics=[mauve,gen_ppl,entropy]", "sample.seeds=[0,1]", "sample.steps=[4,8]",
-                                 "sample.num_samples=16"])
+                                 "sample.num_samples=16", REPORT_METHODS, "sample.frontier=[]",
+                                 "train.arms=[{name: mdlm, objective: mdlm}, {name: dsl, objective: dsl}]",
+                                 "train.finetune_seeds=[0,1]", "train.ar_seeds=[0]"])
     layout = Layout(tmp_path)
-    for i, method in enumerate(e.sample.methods):
-        for steps in e.sample.steps:
+    methods = expanded_methods(e)
+    assert [m.label for m in methods][4:6] == ["MDLM [ft 1]", "MDLM + ReMDM-loop [ft 1]"]
+    for i, method in enumerate(methods):
+        for steps in method.steps:
             for seed in (0, 1):  # the two seeds differ by ±0.02: the mean is the first seed's value + 0.01
                 fake_result(e, layout, method, steps, seed, mauve=0.1 * i + steps / 100 + 0.02 * seed)
     run = layout.run("pretrain")
     run.mkdir(parents=True)
     (run / "eval.jsonl").write_text('{"step": 0, "val_loss": 3.3}\n{"step": 20, "val_loss": 2.75}\n')
     (run / "metrics.jsonl").write_text('{"step": 20, "tokens_per_s": 100.0}\n')
-    for arm, ece in (("mdlm", 0.25), ("dsl", 0.05)):
+    for arm, ece in (("mdlm", 0.25), ("dsl", 0.05), ("dsl_ft1", 0.06)):
         layout.analysis(arm).write_text(json.dumps({
             "calibration": {"visible": {"ece": ece, "mean_confidence": 0.9, "accuracy": 0.8},
                             "masked": {"ece": 0.1, "mean_confidence": 0.5, "accuracy": 0.4},
@@ -160,25 +202,26 @@ def test_report_averages_seeds_with_sanity_rows_analyses_and_plot(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| method | T=4 | T=8 |" in md
     assert "| *held-out real text* | 0.900 [0.850, 0.950] | 0.900 [0.850, 0.950] |" in md
-    # third method at T=4: seeds 0.24 and 0.26 → 0.25; interval: the envelope [0.24 − 0.01, 0.26 + 0.02]
-    assert "| DSL + ReMDM-loop | 0.250 [0.230, 0.280] | 0.290 [0.270, 0.320] |" in md
+    # third method at T=4: seeds 0.24 and 0.26 → 0.25; interval: the envelope [0.24 − 0.01, 0.26 + 0.02]; NFE 3.5
+    assert "| DSL + ReMDM-loop | 0.250 [0.230, 0.280] · 3.5 | 0.290 [0.270, 0.320] · 7.5 |" in md
+    assert "| DSL + confidence remasking | – | 0.390 [0.370, 0.420] · 7.5 |" in md  # only at T=8
+    assert "| DSL + ReMDM-loop [ft 1] | 0.650 [0.630, 0.680] · 3.5 |" in md
     assert "| MDLM | 8 | 7.5 | 0.090 | 18.0 | 2.500 | 16 |" in md
-    # MDLM + ReMDM-loop reaches 0.190 at T=8; the later methods (0.25 and up at T=4) already at NFE 3.5
-    assert ("- MDLM: not reached\n- MDLM + ReMDM-loop: 7.5\n- DSL + ReMDM-loop: 3.5\n"
-            "- DSL + confidence remasking: 3.5\n- DSL + confidence remasking, SNR 5: 3.5\n"
-            "- MDLM + confidence remasking: 3.5\n- DSL hybrid: 3.5") in md
+    assert "- MDLM: not reached\n- MDLM + ReMDM-loop: 7.5\n- DSL + ReMDM-loop: 3.5\n" in md
     assert "| mdlm | 0.250 | 0.100 | 0.900 / 0.800 | 0.500 / 0.400 | 0.300 [0.200, 0.400] |" in md
-    assert "| dsl | 0.050 |" in md
+    assert "| dsl | 0.050 |" in md and "| dsl_ft1 | 0.060 |" in md
     assert "| MDLM pretraining | 20 | 2.750 | 100 |" in md and "seeds [0, 1] averaged" in md
     assert len(results["rows"]) == 14 and results["rows"][0]["seeds"] == [0, 1]
-    assert set(results["analyses"]) == {"mdlm", "dsl"}
+    assert results["rows"][-1]["finetune_seed"] == 1 and results["rows"][-1]["checkpoint"] == "dsl_ft1"
+    assert set(results["analyses"]) == {"mdlm", "dsl", "dsl_ft1"}
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
     assert (tmp_path / "quality_vs_nfe.png").stat().st_size > 1000
+    assert (tmp_path / "quality_vs_nfe_mauve.png").stat().st_size > 1000
 
-    fake_result(e, layout, e.sample.methods[1], 8, 1, mauve=0.5, sane=False)
+    fake_result(e, layout, methods[1], 8, 1, mauve=0.5, sane=False)
     md = (write_report(e, layout, stages=[], wall_s=0.0, plot=False), (tmp_path / "results.md").read_text())[1]
     assert "**sanity failed** (e.g. MDLM + ReMDM-loop T=8" in md and "| DSL + ReMDM-loop | 0.250" not in md
     assert "Fewest mean NFE" not in md and "| method | T=4 | T=8 |" not in md.split("## gen-PPL")[0]
-    layout.results(e.sample.methods[0], 4, 1).unlink()
+    layout.results(methods[0], 4, 1).unlink()
     with pytest.raises(FileNotFoundError, match="seed=1 has not run"):
         write_report(e, layout, stages=[], wall_s=0.0)

@@ -1,0 +1,134 @@
+"""docs/results/PREREGISTRATION.md's rules for claim 1 ("~4× fewer NFE") and claim 5 ("matches AR"), computed from
+the report's rows, so the verdict a run gives is the rule's and not a reading of the tables. Each rule is judged per
+fine-tune seed; it holds only when it holds for every seed.
+
+Rows (experiment/report.py collect_rows) carry their arm, sampler, fine-tune seed, mean NFE and each metric with its
+interval and sanity verdict. A row competes at budget B when its mean NFE ≤ B + 1; frontier rows (", τ=" in the label)
+and the untrained-head row never compete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MDLM_SAMPLERS = frozenset({"mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop", "remdm_loop_short",
+                           "confidence_unmask"})
+DSL_SAMPLERS = frozenset({"mdlm", "remdm_loop", "remdm_confidence", "confidence_unmask", "dsl_llada_sde"})
+HIGHER_IS_BETTER = frozenset({"mauve", "distinct_4"})
+# tie margins: absolute, or (for the "relative" ones) a fraction of the baseline's value
+MARGINS = {"eps_nll": 0.05, "tv_2": 0.01, "tv_3": 0.01, "mauve": 0.05, "distinct_4": 0.03}
+RELATIVE_MARGINS = {"gen_ppl": 0.02, "gen_ppl_2": 0.02, "kn_ppl": 0.02, "frechet": 0.05}
+
+
+def margin(metric: str, baseline: float, scale: float = 1.0) -> float:
+    if metric in RELATIVE_MARGINS:
+        return RELATIVE_MARGINS[metric] * scale * abs(baseline)
+    return MARGINS[metric] * scale
+
+
+def at_least_as_good(d: dict, m: dict, metric: str, scale: float = 1.0) -> bool:
+    """D's point estimate no worse than M's by more than the metric's tie margin (times `scale`)."""
+    dv, mv = d[metric], m[metric]
+    if metric in HIGHER_IS_BETTER:
+        return dv >= mv - margin(metric, mv, scale)
+    return dv <= mv + margin(metric, mv, scale)
+
+
+def competing(rows: list[dict], arm: str, samplers: frozenset, budget: int, seed: int | None) -> list[dict]:
+    return [r for r in rows if r["arm"] == arm and r["sampler"] in samplers and ", τ=" not in r["method"]
+            and (seed is None or r["finetune_seed"] == seed) and (r["mean_nfe"] or r["T"]) <= budget + 1]
+
+
+def best(rows: list[dict], metric: str) -> dict | None:
+    scored = [r for r in rows if r.get(metric) is not None]
+    if not scored:
+        return None
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    return min(scored, key=lambda r: sign * r[metric])
+
+
+def _sane(rows: list[dict], metrics: list[str]) -> bool:
+    return all(r["sanity"].get(m) is not False for r in rows for m in metrics)
+
+
+def step_factor_rule(rows: list[dict], metrics: list[str], seed: int, dsl_arm: str = "dsl", low: int = 16,
+                     high: int = 64, baseline_arms: tuple[str, ...] = ("mdlm", "mdlm_2x"),
+                     guard: bool = True) -> dict[str, Any]:
+    """Claim 1 for one fine-tune seed: some DSL row at budget `low` is at least as good as the best MDLM row (per
+    metric) of each baseline arm at budget `high` on every metric, and passes the distinct-4 guard against them."""
+    baselines = {}
+    for arm in baseline_arms:
+        pool = competing(rows, arm, MDLM_SAMPLERS, high, seed)
+        if pool:
+            baselines[arm] = {m: best(pool, m) for m in metrics}
+    candidates = competing(rows, dsl_arm, DSL_SAMPLERS, low, seed)
+    if not candidates or not baselines or any(b is None for per in baselines.values() for b in per.values()):
+        return {"passed": None, "why": "cells missing"}
+    involved = candidates + [b for per in baselines.values() for b in per.values()]
+    if not _sane(involved, metrics):
+        return {"passed": None, "why": "no verdict: sanity failed"}
+    for d in candidates:
+        if all(d.get(m) is not None for m in metrics) and all(
+                at_least_as_good(d, b, m) and (not guard or d.get("distinct_4") is None or b.get("distinct_4") is None
+                                               or at_least_as_good(d, b, "distinct_4"))
+                for per in baselines.values() for m, b in per.items()):
+            return {"passed": True, "row": d["method"], "T": d["T"],
+                    "against": {arm: {m: f"{b['method']} T={b['T']}" for m, b in per.items()}
+                                for arm, per in baselines.items()}}
+    return {"passed": False, "why": f"no DSL row at budget {low} meets every condition"}
+
+
+def seeds_verdict(per_seed: dict[int, dict]) -> str:
+    outcomes = [v["passed"] for v in per_seed.values()]
+    if any(o is None for o in outcomes):
+        return "no verdict (" + "; ".join(v.get("why", "") for v in per_seed.values() if v["passed"] is None) + ")"
+    if all(outcomes):
+        return "holds"
+    return "not supported (seeds disagree)" if any(outcomes) else "fails"
+
+
+def claim_metrics(metrics: list[str]) -> tuple[list[str], list[str]]:
+    """(claim 1's metrics, claim 5's metrics) for the experiment's eval.metrics: synthetic ε-NLL and bigram TV;
+    text both AR scorers, Kneser–Ney and Fréchet (claim 5: the second scorer and Kneser–Ney only)."""
+    if "eps_nll" in metrics:
+        both = [m for m in ("eps_nll", "tv_2") if m == "eps_nll" or "hmm_tv" in metrics]
+        return both, both
+    step = [m for m in ("gen_ppl", "gen_ppl_2", "kn_ppl", "frechet") if m.split("_2")[0] in metrics or m in metrics]
+    return step, [m for m in ("gen_ppl_2", "kn_ppl") if m in step]
+
+
+def verdicts(rows: list[dict], metrics: list[str], finetune_seeds: list[int]) -> dict[str, Any]:
+    """Claim 1 for both DSL arms, claim 5 for the primary one (text: margin 5 % instead of 2 %): per seed and
+    overall."""
+    step, ar_metrics = claim_metrics(metrics)
+    out: dict[str, Any] = {"metrics": step}
+    for arm in ("dsl", "dsl_authors"):
+        per_seed = {s: step_factor_rule(rows, step, s, arm) for s in finetune_seeds}
+        out[f"claim1_{arm}"] = {"verdict": seeds_verdict(per_seed), "per_seed": per_seed}
+    ar_rows = [r for r in rows if r["sampler"] == "ar"]
+    if ar_rows:
+        per_seed = {}
+        for s in finetune_seeds:
+            candidates = competing(rows, "dsl", DSL_SAMPLERS, 64, s)
+            ok = [d for d in candidates if all(d.get(m) is not None and ar_rows[0].get(m) is not None
+                                               and at_least_as_good(d, ar_rows[0], m, 2.5 if m in RELATIVE_MARGINS
+                                                                    else 1.0) for m in ar_metrics)]
+            per_seed[s] = {"passed": bool(ok), **({"row": ok[0]["method"]} if ok else {})}
+            if not _sane(candidates + ar_rows, ar_metrics):
+                per_seed[s] = {"passed": None, "why": "no verdict: sanity failed"}
+        out["claim5"] = {"verdict": seeds_verdict(per_seed), "per_seed": per_seed, "metrics": ar_metrics}
+    return out
+
+
+def verdict_lines(result: dict[str, Any]) -> list[str]:
+    lines = ["## Preregistered rules (docs/results/PREREGISTRATION.md), computed", "",
+             f"Claim 1 metrics: {', '.join(result['metrics'])}.", ""]
+    for key, title in (("claim1_dsl", "Claim 1, ~4× fewer NFE, DSL (ours)"),
+                       ("claim1_dsl_authors", "Claim 1, ~4× fewer NFE, DSL as its authors train it"),
+                       ("claim5", "Claim 5, matches AR at B = 64")):
+        if key in result:
+            entry = result[key]
+            seeds = "; ".join(f"seed {s}: " + ("–" if v["passed"] is None else "yes" if v["passed"] else "no")
+                              + (f" ({v['row']})" if v.get("row") else "") for s, v in entry["per_seed"].items())
+            lines.append(f"- {title}: **{entry['verdict']}** ({seeds})")
+    return [*lines, ""]

@@ -1,0 +1,61 @@
+"""PREREGISTRATION.md's claim-1 and claim-5 rules computed from report rows (experiment/verdicts.py): tie margins,
+the best baseline per metric, the NFE budget, the distinct-4 guard, sanity, and the seed rule."""
+
+from __future__ import annotations
+
+from dsl_scale.experiment.verdicts import at_least_as_good, seeds_verdict, step_factor_rule, verdicts
+
+
+def row(method: str, arm: str, sampler: str, T: int, seed: int | None, nll: float, tv: float,
+        distinct: float = 0.7, nfe: float | None = None, sane: bool = True) -> dict:
+    return {"method": method, "arm": arm, "sampler": sampler, "T": T, "finetune_seed": seed,
+            "mean_nfe": T if nfe is None else nfe, "eps_nll": nll, "tv_2": tv, "distinct_4": distinct,
+            "sanity": {"eps_nll": sane, "tv_2": sane, "distinct_4": None}}
+
+
+def grid(seed: int, dsl_nll: float, dsl_tv: float = 0.05, dsl_distinct: float = 0.7, sane: bool = True) -> list[dict]:
+    return [
+        row("MDLM", "mdlm", "mdlm", 64, seed, 4.0, 0.08),
+        row("MDLM + ReMDM-cap", "mdlm", "remdm_cap", 64, seed, 4.2, 0.04),  # the best TV baseline
+        row("MDLM + confidence unmasking", "mdlm", "confidence_unmask", 64, seed, 3.9, 0.09),  # best NLL
+        row("MDLM-2x", "mdlm_2x", "mdlm", 64, seed, 3.95, 0.05),
+        row("MDLM + confidence remasking (untrained head)", "mdlm", "remdm_confidence", 64, seed, 1.0, 0.0),
+        row("DSL + confidence remasking", "dsl", "remdm_confidence", 16, seed, dsl_nll, dsl_tv, dsl_distinct,
+            sane=sane),
+        row("DSL + confidence remasking", "dsl", "remdm_confidence", 64, seed, 1.0, 0.0),  # NFE 64: not at B = 16
+        row("DSL + confidence remasking, τ=0.8", "dsl", "remdm_confidence", 16, seed, 1.0, 0.0),  # frontier
+    ]
+
+
+def test_margins_and_directions():
+    assert at_least_as_good({"eps_nll": 3.94}, {"eps_nll": 3.9}, "eps_nll")
+    assert not at_least_as_good({"eps_nll": 3.96}, {"eps_nll": 3.9}, "eps_nll")
+    assert at_least_as_good({"gen_ppl": 10.19}, {"gen_ppl": 10.0}, "gen_ppl")  # 2 % of 10
+    assert not at_least_as_good({"gen_ppl": 10.21}, {"gen_ppl": 10.0}, "gen_ppl")
+    assert at_least_as_good({"mauve": 0.46}, {"mauve": 0.5}, "mauve") and not at_least_as_good(
+        {"mauve": 0.44}, {"mauve": 0.5}, "mauve")
+
+
+def test_step_factor_rule_reads_the_best_baseline_per_metric_at_the_budget():
+    # NLL 3.94 is within 0.05 of the best baseline NLL (3.9); TV 0.049 within 0.01 of the best TV (0.04)
+    ok = step_factor_rule(grid(0, 3.94, 0.049), ["eps_nll", "tv_2"], 0)
+    assert ok["passed"] and ok["row"] == "DSL + confidence remasking" and ok["T"] == 16
+    assert ok["against"]["mdlm"] == {"eps_nll": "MDLM + confidence unmasking T=64", "tv_2": "MDLM + ReMDM-cap T=64"}
+    assert not step_factor_rule(grid(0, 3.94, 0.051), ["eps_nll", "tv_2"], 0)["passed"]  # TV too far
+    assert not step_factor_rule(grid(0, 3.96, 0.04), ["eps_nll", "tv_2"], 0)["passed"]  # NLL too far
+    guard = step_factor_rule(grid(0, 3.5, 0.01, dsl_distinct=0.6), ["eps_nll", "tv_2"], 0)
+    assert guard["passed"] is False  # distinct-4 0.6 < 0.7 − 0.03: mode seeking
+    assert step_factor_rule(grid(0, 3.5, 0.01, sane=False), ["eps_nll", "tv_2"], 0)["passed"] is None
+
+
+def test_seed_rule_and_the_report_entry():
+    assert seeds_verdict({0: {"passed": True}, 1: {"passed": True}}) == "holds"
+    assert seeds_verdict({0: {"passed": True}, 1: {"passed": False}}) == "not supported (seeds disagree)"
+    assert seeds_verdict({0: {"passed": False}, 1: {"passed": False}}) == "fails"
+    rows = grid(0, 3.9, 0.04) + grid(1, 4.5, 0.04)
+    result = verdicts([*rows, row("AR", "ar", "ar", 64, None, 3.0, 0.03, nfe=127)], ["eps_nll", "hmm_tv"], [0, 1])
+    assert result["claim1_dsl"]["verdict"] == "not supported (seeds disagree)"
+    assert result["claim1_dsl_authors"]["verdict"].startswith("no verdict")  # no such arm in these rows
+    assert result["claim5"]["verdict"] == "holds"  # the DSL rows at T = 64 (1.0, 0.0) beat the AR row
+    result = verdicts([*rows, row("AR", "ar", "ar", 64, None, 0.9, 0.0, nfe=127)], ["eps_nll", "hmm_tv"], [0, 1])
+    assert result["claim5"]["verdict"] == "fails"  # 1.0 > 0.9 + 0.05
