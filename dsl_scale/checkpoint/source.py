@@ -118,7 +118,10 @@ def open_checkpoint(path_or_id: str | Path, seq_len: int = 1024) -> Checkpoint:
     name = str(path_or_id)
     path = Path(path_or_id).expanduser()
     if not path.exists() and is_hub_id(name):
-        path = hub_snapshot(name)
+        try:
+            path = hub_snapshot(name)
+        except CheckpointError as err:
+            raise CheckpointError(f"no file or directory {name}; {err}") from err.__cause__
         if not hf_mdlm.is_hf_dir(path):
             raise CheckpointError(f"{name} (Hub snapshot {path}) is not a Hugging Face MDLM model: its config.json "
                                   "has no model_type 'mdlm'")
