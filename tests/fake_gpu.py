@@ -85,7 +85,8 @@ def _is_fake_device(device) -> bool:
     return device is not None and torch.device(device).type == NAME
 
 
-_HOST_READS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__bool__)
+_HOST_READS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__bool__,
+               torch.Tensor.__int__, torch.Tensor.__float__)
 _MOVES = (torch.Tensor.to, torch.Tensor.copy_, torch.Tensor.cuda)
 
 
@@ -102,7 +103,7 @@ class _FakeDevice(TorchFunctionMode):
     is made on the host and turned fake.
 
     With `host_reads`, reading a fake tensor's values on the host (`.item()`, `.tolist()`, `nonzero`, truth) gives
-    placeholders of the right shape (zeros; every element nonzero; true) instead of failing, so host-driven loops
+    placeholders of the right shape (ones; every element nonzero; true) instead of failing, so host-driven loops
     (the samplers') run on: the values they read mean nothing, only the devices are checked."""
 
     def __init__(self, mode, host_reads: bool):
@@ -121,12 +122,13 @@ class _FakeDevice(TorchFunctionMode):
         shape = tuple(tensor.shape)
         if func is torch.Tensor.__bool__:
             return True
-        if func is torch.Tensor.item:
-            return False if tensor.dtype == torch.bool else 0
-        if func is torch.Tensor.tolist:
-            return torch.zeros(shape, dtype=torch.long).tolist()
-        every = torch.ones(shape, dtype=torch.bool, device="cpu").nonzero()
-        return self._fake(every).to(tensor.device)
+        with torch.utils._python_dispatch._disable_current_modes():
+            if func in (torch.Tensor.item, torch.Tensor.__int__, torch.Tensor.__float__):
+                return False if tensor.dtype == torch.bool else func(torch.ones((), dtype=tensor.dtype, device="cpu"))
+            if func is torch.Tensor.tolist:
+                return torch.ones(shape, dtype=tensor.dtype, device="cpu").tolist()
+            every = torch.ones(shape, dtype=torch.bool, device="cpu").nonzero()
+        return self.mode.from_tensor(every).to(tensor.device)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         from torch._subclasses.fake_tensor import FakeTensor
