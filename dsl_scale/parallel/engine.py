@@ -47,6 +47,9 @@ def deepspeed_config(cfg: Config, topo: Topology) -> dict[str, Any]:
         "zero_optimization": {
             "stage": cfg.parallel.zero_stage,
             "stage3_param_persistence_threshold": cfg.parallel.zero3_persistence_threshold,
+            # ZeRO-1/2: reduce each gradient bucket on a side stream while the backward goes on (ZeRO-3 does so
+            # by default); on the CPU there is no stream to overlap with
+            **({"overlap_comm": True} if on_gpu() and cfg.parallel.zero_stage in (1, 2) else {}),
         },
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
