@@ -2,7 +2,7 @@
 and checkpoints (NELBO, calibration, self-correction) into results.json.
 
     python launchers/evaluate.py samples=FILE.jsonl reference=SHARD_DIR metrics=[mauve,gen_ppl,entropy] \
-        scorer=RUN_OR_HF_DIR out=results.json                       (or `dsl-evaluate samples=FILE.jsonl ...`)
+        scorer=HF_DIR_OR_HUB_ID out=results.json                     (or `dsl-evaluate samples=FILE.jsonl ...`)
     python launchers/evaluate.py metrics=[nelbo] checkpoint=RUN_DIR reference=SHARD_DIR
     python launchers/evaluate.py samples=FILE.jsonl reference=HMM_SHARD_DIR metrics=[mauve,frechet,hmm_nll] \
         featurizer=ar featurizer_path=AR_RUN_DIR                    (in-domain features, exact likelihood)
