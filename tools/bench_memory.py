@@ -1,18 +1,21 @@
-"""Per-rank bytes of parameters, gradients, optimizer state and EMA, measured from live DeepSpeed engines,
-beside the ZeRO / tensor-parallel theory.
+"""Per-rank bytes of parameters, gradients, optimizer state, EMA and activations, measured from live DeepSpeed
+engines, beside `dsl-estimate-memory`'s estimate of the same config (dsl_scale/cli/estimate_memory.py).
 
-    python tools/bench_memory.py [--model micro] [--startup-model medium] [--only components|startup] [--json]
+    python tools/bench_memory.py [--model micro] [--startup-model medium] [--only components|startup]
+                                 [--layouts dp2-zero1,tp2-zero0] [--json]
 
-Each layout runs as its own `torchrun` job (one training step on random tokens, fp32, AdamW). Theory for
-Ψ parameters on a rank after tensor/pipeline splitting, DP size N: parameters 4Ψ (ZeRO-3: 4Ψ/N),
-gradients 4Ψ (ZeRO-2/3: 4Ψ/N), optimizer 8Ψ for Adam's moments (ZeRO-1+: 12Ψ/N, the moments plus the
-fp32 partition DeepSpeed optimises), EMA 4Ψ (ZeRO-1+: 4Ψ/N, kept of the fp32 partitions). ZeRO-3 is measured
-with a persistence threshold of 0, so every parameter is partitioned. Buffers for communication buckets are not counted.
+Each layout runs as its own `torchrun` job (one training step of the trainer's objective and loss on random
+tokens, fp32, AdamW). The estimate for Ψ parameters on a rank after tensor/pipeline splitting, DP size N:
+parameters 4Ψ (ZeRO-3: 4Ψ/N), gradients 4Ψ (ZeRO-2/3: 4Ψ/N), optimizer 8Ψ for Adam's moments (ZeRO-1+: 12Ψ/N,
+the moments plus the fp32 partition DeepSpeed optimises), EMA 4Ψ (ZeRO-1+: 4Ψ/N, kept of the fp32 partitions),
+and the activations traced on the `meta` device. Measured activations: the distinct storages autograd saves in
+the first micro-batch's forward and loss (parameters excluded). ZeRO-3 is measured with a persistence
+threshold of 0, so every parameter is partitioned. Buffers for communication buckets are not counted.
 
 Start-up rows (`pp1`, `pp2`: two ranks, data- or pipeline-parallel, `--startup-model`): the peak resident
 memory of each rank from process start to just before its first step (model built, engine ready), the
 largest over the ranks. A rank builds only its own pipeline stage, so `pp2` should need well under `pp1`
-(issue 19's target: at most 0.6 × for `medium`; the interpreter and libraries, ~0.4 GB, are in both).
+(the target: at most 0.6 × for `medium`; the interpreter and libraries, ~0.4 GB, are in both).
 """
 
 from __future__ import annotations
@@ -75,53 +78,108 @@ def measure_optimizer(engine, zero: int) -> int:
     return _storage_bytes(state + master)
 
 
-def theory(local_params: int, dp: int, zero: int) -> dict[str, int]:
-    return {
-        "params": 4 * local_params // (dp if zero == 3 else 1),
-        "grads": 4 * local_params // (dp if zero >= 2 else 1),
-        "optimizer": 8 * local_params if zero == 0 else 12 * local_params // dp,
-        "ema": 4 * local_params // (dp if zero >= 1 else 1),  # sharded as the fp32 masters are
-    }
+class SavedActivations:
+    """Counts the distinct storages autograd saves for backward while active (parameters' storages excluded):
+    the activations a forward leaves for its backward."""
+
+    def __init__(self, params) -> None:
+        import torch
+
+        self.params = list(params)
+        self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        if not any(t is p for p in self.params):
+            storage = t.untyped_storage()
+            self.storages.setdefault(storage.data_ptr(), storage.nbytes())
+        return t
+
+    def __enter__(self) -> SavedActivations:
+        self.excluded = {p.untyped_storage().data_ptr() for p in self.params if p.numel()}
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for ptr, n in self.storages.items() if ptr not in self.excluded)
 
 
-def worker(model: str, tp: int, zero: int) -> None:
-    import torch
+def layout_overrides(model: str, tp: int, zero: int) -> list[str]:
+    return [f"model={model}", f"parallel.tp={tp}", f"parallel.zero_stage={zero}", "train.precision=fp32",
+            "parallel.zero3_persistence_threshold=0", "train.micro_batch=1", f"train.global_batch={2 * (2 // tp)}"]
+
+
+def compose_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     from dsl_scale.config import register_configs, to_config
     from dsl_scale.launch import CONFIG_DIR
+
+    register_configs()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return to_config(compose("config", overrides=overrides))
+
+
+def worker(model: str, tp: int, zero: int) -> None:
+    import torch
+
+    from dsl_scale.core import seeding
+    from dsl_scale.diffusion.objectives import build_objective
     from dsl_scale.model.factory import build_dit
     from dsl_scale.parallel import cpu_compat
+    from dsl_scale.parallel.cross_entropy import nll_function
     from dsl_scale.parallel.engine import build_engine
     from dsl_scale.parallel.masters import weight_source
     from dsl_scale.parallel.topology import init_process_groups, prepare_environment
+    from dsl_scale.tokenizer import get_tokenizer
     from dsl_scale.train.ema import EMA
 
     prepare_environment()
-    register_configs()
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = to_config(compose("config", overrides=[
-            f"model={model}", f"parallel.tp={tp}", f"parallel.zero_stage={zero}", "train.precision=fp32",
-            "parallel.zero3_persistence_threshold=0", "train.micro_batch=1", f"train.global_batch={2 * (2 // tp)}",
-        ]))
+    cfg = compose_config(layout_overrides(model, tp, zero))
     cpu_compat.install()
     topo = init_process_groups(tp, 1)
-    model_ = build_dit(cfg.model, 50258, seed=0, tp=tp)
-    local_params = sum(p.numel() for p in model_.parameters())
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    vocab = tokenizer.vocab_size
+    model_ = build_dit(cfg.model, vocab, seed=0, tp=tp, objective=cfg.objective, mask_id=tokenizer.mask_id)
+    vocab_start = model_.vocab_range[0]
     engine = build_engine(model_, cfg, topo)
-    measured = {}
-    for _ in range(engine.gradient_accumulation_steps()):
-        tokens = torch.randint(0, 50257, (cfg.train.micro_batch, cfg.model.seq_len))
-        engine.backward(type(model_).token_nll(engine(tokens), tokens).mean())
+    objective = build_objective(cfg.objective, tokenizer.mask_id, vocab, cfg.train.seed)
+    nll = nll_function(cfg.model.loss_chunk_tokens)
+    micro, batch_size = cfg.train.micro_batch, cfg.train.global_batch
+    measured, activations = {}, 0
+    for i in range(engine.gradient_accumulation_steps()):
+        generator = torch.Generator().manual_seed(i)
+        tokens = torch.randint(0, vocab - 1, (micro, cfg.model.seq_len), generator=generator)
+        first = topo.dp_rank * micro * engine.gradient_accumulation_steps() + i * micro
+        with SavedActivations(engine.module.parameters()) as saved:
+            batch = objective.prepare(tokens, torch.arange(first, first + micro), 0, batch_size,
+                                      seeding.MASK_STREAM)
+            seeds = seeding.per_example(range(first, first + micro), cfg.train.seed, seeding.DROPOUT_STREAM, 0)
+            logits = engine(batch.inputs, batch.sigma, dropout_seeds=seeds, **batch.model_kwargs)
+            loss = objective.loss(logits, batch, nll, vocab_start)
+        activations = max(activations, saved.bytes)
+        engine.backward(loss)
         # the larger of mid-accumulation and boundary holdings (ZeRO-1 keeps full gradients between
         # micro-batches, ZeRO-2 its reduced partition)
         now = measure(engine, zero)
         measured = {k: max(v, measured.get(k, 0)) for k, v in now.items()}
         engine.step()
     measured["optimizer"] = measure_optimizer(engine, zero)
+    measured["activations"] = activations
     measured["ema"] = _storage_bytes(EMA(weight_source(engine), 0.999).shadow.values())
     if topo.rank == 0:
-        print("ROW " + json.dumps({"measured": measured, "theory": theory(local_params, topo.dp, zero)}))
+        print("ROW " + json.dumps({"measured": measured}))
+
+
+def estimated(model: str, tp: int, zero: int, ranks: int) -> dict[str, int]:
+    """dsl-estimate-memory's figures for the layout, on rank 0 (stage 0)."""
+    from dsl_scale.cli.estimate_memory import estimate
+
+    return estimate(compose_config(layout_overrides(model, tp, zero)), ranks)[0].bytes
 
 
 def startup_worker(model: str, pp: int) -> None:
@@ -189,6 +247,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
     parser.add_argument("--startup-model", default="medium", help="the model of the start-up rows")
     parser.add_argument("--only", choices=("components", "startup"), help="run one of the two tables")
+    parser.add_argument("--layouts", help="comma-separated component layouts (default: all of "
+                        + ", ".join(name for name, *_ in LAYOUTS) + ")")
     parser.add_argument("--worker", nargs=2, type=int, metavar=("TP", "ZERO"), help=argparse.SUPPRESS)
     parser.add_argument("--startup-worker", type=int, metavar="PP", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,25 +261,33 @@ def main() -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
     rows = []
     if args.only != "startup":
-        rows += component_rows(args.model, env)
+        rows += component_rows(args.model, env, args.layouts.split(",") if args.layouts else None)
     if args.only != "components":
         rows += startup_rows(args.startup_model, env)
     if args.json:
         print(json.dumps({"rows": rows}))
 
 
-def component_rows(model: str, env: dict[str, str]) -> list[dict]:
+def component_rows(model: str, env: dict[str, str], only: list[str] | None = None) -> list[dict]:
+    unknown = set(only or ()) - {name for name, *_ in LAYOUTS}
+    if unknown:
+        raise SystemExit(f"unknown layout(s) {', '.join(sorted(unknown))}; known: "
+                         + ", ".join(name for name, *_ in LAYOUTS))
     rows = []
-    print(f"model={model}, fp32, AdamW; bytes per rank (rank 0), gradient peak over a 2-micro-batch step")
-    print(f"{'layout':<12} {'component':<10} {'measured':>14} {'theory':>14} {'ratio':>7}")
+    print(f"model={model}, fp32, AdamW; bytes per rank (rank 0), gradient peak over a 2-micro-batch step; "
+          f"estimate: dsl-estimate-memory")
+    print(f"{'layout':<12} {'component':<12} {'measured':>14} {'estimate':>14} {'ratio':>7}")
     for name, ranks, tp, zero in LAYOUTS:
+        if only and name not in only:
+            continue
         row = run_worker(["--model", model, "--worker", str(tp), str(zero)], ranks, env)
-        for part in ("params", "grads", "optimizer", "ema"):
-            m, t = row["measured"][part], row["theory"][part]
-            print(f"{name:<12} {part:<10} {m:>14,} {t:>14,} {m / t:>7.3f}")
-        measured, expected = sum(row["measured"].values()), sum(row["theory"].values())
-        print(f"{name:<12} {'total':<10} {measured:>14,} {expected:>14,} {measured / expected:>7.3f}")
-        rows.append({"layout": name, "model": model, "measured": measured, "theory": expected,
+        row["estimate"] = estimated(model, tp, zero, ranks)
+        for part in ("params", "grads", "optimizer", "ema", "activations"):
+            m, t = row["measured"][part], row["estimate"][part]
+            print(f"{name:<12} {part:<12} {m:>14,} {t:>14,} {m / t:>7.3f}")
+        measured, expected = sum(row["measured"].values()), sum(row["estimate"].values())
+        print(f"{name:<12} {'total':<12} {measured:>14,} {expected:>14,} {measured / expected:>7.3f}")
+        rows.append({"layout": name, "model": model, "measured": measured, "estimate": expected,
                      "ratio": measured / expected, "components": row})
     return rows
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ def check(cfg: ClusterConfig) -> None:
             raise ValueError(f"cluster.env.{key}={value!r}: sbatch --export cannot carry ',' in values")
 
 
-def check_job_config(job: str, cfg: ClusterConfig, job_overrides: list[str]) -> None:
+def check_job_config(job: str, cfg: ClusterConfig, job_overrides: list[str], estimate: bool = False) -> None:
     """A training job's config, composed from its overrides and validated at the cluster's world size (the same
     checks the ranks run at start, dsl_scale/config.py `validate`); tensor-parallel groups must not span nodes."""
     if job not in TRAINING:
@@ -107,6 +108,13 @@ def check_job_config(job: str, cfg: ClusterConfig, job_overrides: list[str]) -> 
     if cfg.nodes > 1 and cfg.ranks % train_cfg.parallel.tp:
         raise ValueError(f"parallel.tp={train_cfg.parallel.tp} does not divide the {cfg.ranks} ranks per node "
                          f"(cluster.gpus_per_node / cluster.ranks_per_node): tensor-parallel groups would span nodes")
+    if estimate:  # what each rank will hold (dsl-estimate-memory), before anything is queued
+        from dsl_scale.cli import estimate_memory
+
+        try:
+            print(estimate_memory.report(train_cfg, world, estimate_memory.estimate(train_cfg, world)))
+        except Exception as err:  # an estimate is advice: its failure does not stop a valid job
+            print(f"memory estimate unavailable: {str(err).splitlines()[0]}", file=sys.stderr)
 
 
 def sbatch_command(job: str, cfg: ClusterConfig, job_overrides: list[str], stamp: str) -> tuple[list[str], Path]:
@@ -153,11 +161,12 @@ def submit(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", choices=JOBS)
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch command instead of running it")
+    parser.add_argument("--no-estimate", action="store_true", help="skip the per-rank memory estimate")
     args, rest = parser.parse_known_args(argv)
     job_overrides = [a for a in rest if not a.startswith("cluster")]
     try:
         cfg = load_cluster([a for a in rest if a.startswith("cluster")])
-        check_job_config(args.job, cfg, job_overrides)
+        check_job_config(args.job, cfg, job_overrides, estimate=not args.no_estimate)
     except Exception as err:  # hydra / omegaconf / our checks: one line naming the key is enough
         parser.error(str(err).splitlines()[0])
     cmd, log_dir = sbatch_command(args.job, cfg, job_overrides, time.strftime("%Y%m%d-%H%M%S"))

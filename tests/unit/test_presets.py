@@ -141,7 +141,7 @@ def test_the_readmes_submit_commands_pass_submits_own_checks(capsys):
     assert len(commands) >= 3
     for words in commands:
         args = words[next(i for i, w in enumerate(words) if w.endswith("submit.py")) + 1:]
-        submit.submit([*args, "--dry-run"])
+        submit.submit([*args, "--dry-run", "--no-estimate"])  # the estimate: tests/unit/test_estimate_memory.py
         assert capsys.readouterr().out.startswith("sbatch ")
 
 
