@@ -141,9 +141,17 @@ def init_process_groups(tp: int = 1, pp: int = 1, timeout_minutes: int = 30, bac
     check_layout(world, tp, pp)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+            **model_parallel_options(dist.get_backend()),
         )
     return current_topology()
+
+
+def model_parallel_options(backend: str) -> dict:
+    """megatron-core's group options for the world's backend: under NCCL no gloo copies of the data-parallel
+    groups (megatron builds them for its distributed optimizer's CPU-side state, which dsl_scale does not use;
+    at scale they are thousands of TCP connections across nodes, and a slow start-up)."""
+    return {"create_gloo_process_groups": backend != dist.Backend.NCCL}
 
 
 def current_topology() -> Topology:

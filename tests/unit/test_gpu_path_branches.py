@@ -69,3 +69,10 @@ def test_throughput_figures_use_the_data_sheet_peak_and_cuda_memory(with_cuda):
     peak, source = metrics.device_peak_flops(GPU, "bf16")
     assert peak == dict(metrics.GPU_BF16_PEAKS)["H100"] and "data-sheet" in source
     assert metrics.peak_memory_bytes(GPU) == 12345
+
+
+def test_no_gloo_groups_are_made_beside_nccl_ones():
+    from dsl_scale.parallel.topology import model_parallel_options
+
+    assert model_parallel_options("nccl") == {"create_gloo_process_groups": False}
+    assert model_parallel_options("gloo") == {"create_gloo_process_groups": True}  # as megatron's default
