@@ -46,7 +46,11 @@ def test_rules():
 
 
 def test_report_hides_a_table_whose_sanity_failed(tmp_path):
-    e = load_experiment("full", ["sample.steps=[4,8]", "sample.seeds=[0,1]", "eval.metrics=[mauve,gen_ppl,entropy]"])
+    methods = ("sample.methods=[{label: MDLM, checkpoint: mdlm, sampler: mdlm}, "
+               "{label: MDLM + ReMDM-loop, checkpoint: mdlm, sampler: remdm_loop}, "
+               "{label: DSL + ReMDM-loop, checkpoint: dsl, sampler: remdm_loop}]")
+    e = load_experiment("full", ["sample.steps=[4,8]", "sample.seeds=[0,1]", "eval.metrics=[mauve,gen_ppl,entropy]",
+                                 methods, "sample.frontier=[]", "train.finetune_seeds=[0]"])
     layout = Layout(tmp_path)
     for i, method in enumerate(e.sample.methods):
         for steps in e.sample.steps:
@@ -67,5 +71,5 @@ def test_report_hides_a_table_whose_sanity_failed(tmp_path):
     assert "held-out real text 0.300, shuffled real text 0.200" in md
     assert "Fewest mean NFE" not in md  # the step-efficiency line reads MAUVE: not reported either
     assert "| *held-out real text* | 4.0 | 4.0 |" in md and "| *shuffled real text* | 9.0 | 9.0 |" in md
-    assert "| DSL + ReMDM-loop | 7.0 | 7.0 |" in md
-    assert "| MDLM | 6.0 | 6.0 |" in md  # mean of 5.0 and 7.0; no interval as one seed has none
+    assert "| DSL + ReMDM-loop | 7.0 · 4.0 | 7.0 · 8.0 |" in md  # value · mean NFE
+    assert "| MDLM | 6.0 · 4.0 | 6.0 · 8.0 |" in md  # mean of 5.0 and 7.0; no interval as one seed has none
