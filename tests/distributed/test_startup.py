@@ -78,3 +78,16 @@ def test_resume_refuses_a_changed_global_batch_and_allows_changed_steps(process_
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.0.yaml", "config.1.yaml", "config.yaml"]
     assert "global_batch: 8" in (run_dir / "config.yaml").read_text()
     assert "global_batch: 4" in (run_dir / "config.0.yaml").read_text()
+
+
+def test_the_corpus_is_prepared_once_on_first_use(tiny_corpus, tmp_path):
+    from dsl_scale.config import DataConfig
+    from dsl_scale.data.ensure import ensure_corpus
+
+    data = DataConfig(path=str(tmp_path / "corpus-L32"), source=str(tiny_corpus[0]))
+    lines = []
+    assert ensure_corpus(data, 32, rank=0, log=lines.append)
+    assert (tmp_path / "corpus-L32" / "manifest.json").is_file() and "preparing it from" in lines[0]
+    assert not ensure_corpus(data, 32, rank=0, log=lines.append) and len(lines) == 1  # there: left alone
+    assert not ensure_corpus(DataConfig(path=str(tmp_path / "none"), source=""), 32, rank=0)
+    assert not (tmp_path / "none").exists()
