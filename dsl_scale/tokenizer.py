@@ -6,16 +6,20 @@ file; `whisper` itself is never imported (it would pull in heavy dependencies).
 "char": text8-style characters (a-z and space) plus <|endoftext|> and [MASK] (`CharTokenizer`).
 "synthetic" (64 symbols) or "synthetic-N" (N symbols): the ids of the `synthetic-hmm` data source
 (`SyntheticTokenizer`).
+"hf:PATH_OR_ID": any Hugging Face `tokenizers` tokenizer: a tokenizer.json file, a folder holding one, or a Hub
+id (`HFTokenizer`); [MASK] is appended as the last id when the tokenizer has none there.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -195,6 +199,76 @@ class SyntheticTokenizer(Tokenizer):
         return " ".join(specials.get(i, f"s{i}") for i in ids)
 
 
+HF_PREFIX = "hf:"
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
+_BOS_CANDIDATES = ("<|endoftext|>", "<s>", "<bos>", "<|bos|>", "[CLS]")
+_OWN_MASK = "<|dsl_mask|>"  # when the tokenizer's own [MASK] is not its last id
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` tokenizer, named "hf:" + where it comes from. The code everywhere expects
+    [MASK] to be the last id: the tokenizer's "[MASK]" when it is, else "[MASK]" (or, when "[MASK]" exists
+    elsewhere, "<|dsl_mask|>") added after every other id. EOS is the first of <|endoftext|>, </s>, <eos>,
+    [SEP] the tokenizer has (else <|endoftext|> is added before [MASK]), BOS the first of <|endoftext|>, <s>,
+    <bos>, [CLS] (else EOS). `describe()` is what the data manifest records of these choices."""
+
+    def __init__(self, spec: str) -> None:
+        try:
+            from tokenizers import Tokenizer as Backend
+        except ImportError as err:
+            raise ImportError("tokenizer hf:...: needs the `tokenizers` package (pip install tokenizers)") from err
+        self.name = HF_PREFIX + spec
+        path = Path(spec)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if file.is_file():
+            self._tok = Backend.from_file(str(file))
+            self._sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+        elif path.exists() or spec.startswith((os.sep, ".", "~")) or spec.endswith(".json"):  # meant a local file
+            raise FileNotFoundError(f"tokenizer {self.name}: no tokenizer.json at {file}")
+        else:
+            try:
+                self._tok = Backend.from_pretrained(spec)
+            except Exception as err:  # the Hub client's errors: offline, unknown id, no tokenizer.json
+                raise ValueError(f"tokenizer {self.name}: not a tokenizer.json file or folder, and the Hub did not "
+                                 f"give one ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+            self._sha256 = None
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        added = []
+        eos = next((tok for tok in _EOS_CANDIDATES if tok in vocab), None)
+        if eos is None:
+            eos = "<|endoftext|>"
+            added.append(eos)
+            self._tok.add_special_tokens([eos])
+        bos = next((tok for tok in _BOS_CANDIDATES if tok in self._tok.get_vocab(with_added_tokens=True)), eos)
+        size = self._tok.get_vocab_size(with_added_tokens=True)
+        mask = MASK_TEXT
+        if self._tok.token_to_id(MASK_TEXT) != size - 1:
+            mask = MASK_TEXT if self._tok.token_to_id(MASK_TEXT) is None else _OWN_MASK
+            added.append(mask)
+            self._tok.add_special_tokens([mask])
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.mask_id = self._tok.token_to_id(mask)
+        if self.mask_id != self.vocab_size - 1:
+            raise ValueError(f"tokenizer {self.name}: its ids are not contiguous ({mask} got {self.mask_id}, "
+                             f"{self.vocab_size} ids), so [MASK] cannot be the last id")
+        self.eos_id, self.bos_id = self._tok.token_to_id(eos), self._tok.token_to_id(bos)
+        self._info = {"kind": "hf", "source": spec, "tokenizer_json_sha256": self._sha256,
+                      "vocab_size": self.vocab_size, "mask_token": mask, "mask_id": self.mask_id,
+                      "mask_added": mask in added, "eos_token": eos, "bos_token": bos, "added_tokens": added}
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(_to_int_list(ids), skip_special_tokens=False)
+
+
 _FACTORIES: dict[str, Callable[[], Tokenizer]] = {"gpt2": GPT2Tokenizer, "char": CharTokenizer,
                                                   "synthetic": SyntheticTokenizer}
 _SYNTHETIC_N = re.compile(r"synthetic-([1-9][0-9]*)")
@@ -202,14 +276,16 @@ _SYNTHETIC_N = re.compile(r"synthetic-([1-9][0-9]*)")
 
 def get_tokenizer(name: str = "gpt2") -> Tokenizer:
     """Return the tokenizer called `name`, built once per process."""
-    if name not in _FACTORIES and not _SYNTHETIC_N.fullmatch(name):
+    if name not in _FACTORIES and not _SYNTHETIC_N.fullmatch(name) and not name.startswith(HF_PREFIX):
         raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(_FACTORIES))}, "
-                         "synthetic-N (N symbols)")
+                         "synthetic-N (N symbols), hf:PATH_OR_ID (a tokenizer.json, its folder or a Hub id)")
     return _build(name)
 
 
 @functools.cache
 def _build(name: str) -> Tokenizer:
+    if name.startswith(HF_PREFIX):
+        return HFTokenizer(name[len(HF_PREFIX):])
     synthetic = _SYNTHETIC_N.fullmatch(name)
     if synthetic:
         tokenizer = SyntheticTokenizer(int(synthetic[1]))

@@ -23,8 +23,10 @@ def check(cfg) -> None:
     import os
 
     from dsl_scale.config import validate
+    from dsl_scale.data.sources import check_data_given
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    check_data_given(cfg.data)
 
 
 GROUPS = ("model", "objective", "preset")

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dsl_scale.data.packing import pack_blocks
-from dsl_scale.data.sources import iter_documents
+from dsl_scale.data.sources import Skipped, iter_documents
 from dsl_scale.data.synthetic_hmm import HMMSpec, hmm_blocks, is_synthetic, parse_source, sequence_length
 from dsl_scale.data.writers import (
     DEFAULT_SHARD_SIZE_BYTES,
@@ -67,8 +67,10 @@ def prepare(
     progress: bool = True,
     workers: int = 1,
     docs_per_group: int = DEFAULT_DOCS_PER_GROUP,
+    skip_bad_files: bool = False,
 ) -> dict[str, Any]:
     """Tokenise, pack and shard `source` into `out`; return the manifest (also in out/manifest.json).
+    `skip_bad_files`: leave out source files that are not UTF-8 text (named in the manifest) instead of failing.
 
     Rerunning after an interruption with the same arguments resumes: finished groups are kept.
     """
@@ -84,12 +86,14 @@ def prepare(
                 "format": fmt, "shard_size_bytes": shard_size_bytes, "docs_per_group": docs_per_group}
     _claim_output(out, settings, overwrite)
     import_writer_libraries(fmt)
+    skipped = Skipped()
     if synthetic is not None:  # token blocks, one generated sequence each: the "documents" are sequence indices
         docs: Sequence[str] | range = range(synthetic.n)
     else:
         # The val split is a tail, so the document count must be known first. Holding the raw text in
         # memory is fine up to a few GB; larger corpora want a counting pass.
-        docs = list(tqdm(iter_documents(source), desc=f"read {source}", unit="doc", disable=not progress))
+        docs = list(tqdm(iter_documents(source, skip_bad_files, skipped), desc=f"read {source}", unit="doc",
+                         disable=not progress))
     train_docs, val_docs = split_documents(docs, val_fraction)
 
     splits: dict[str, dict[str, int]] = {}
@@ -117,8 +121,10 @@ def prepare(
         "seq_len": seq_len, "val_fraction": val_fraction, "docs_per_group": docs_per_group,
         "shard_size_bytes": shard_size_bytes, "splits": splits, "shards": shards,
         "created": utc_now_iso(), "version": MANIFEST_VERSION,
-        "elapsed_s": round(time.perf_counter() - start, 3), "groups_built": built,
+        "elapsed_s": round(time.perf_counter() - start, 3), "groups_built": built, "skipped": skipped.as_dict(),
     }
+    if hasattr(tok, "describe"):  # a Hugging Face tokenizer: which file, and whether [MASK] was added
+        manifest["tokenizer_details"] = tok.describe()
     write_manifest(out, manifest)  # last: a manifest only ever points at complete shards
     os.remove(os.path.join(out, STATE_NAME))
     return manifest
@@ -278,5 +284,13 @@ def format_summary(manifest: dict[str, Any], out: str) -> str:
         )
     for fmt, per_split in m.get("shards", {}).items():
         lines.append(f"  {fmt}: " + ", ".join(f"{split} {len(files)} shards" for split, files in per_split.items()))
+    skipped = m.get("skipped", {})
+    bad, ignored = skipped.get("bad_files", []), skipped.get("ignored_files", [])
+    if bad or ignored:
+        lines.append(f"  skipped: {len(bad)} files not UTF-8 text, {len(ignored)} files of other kinds"
+                     + "".join(f"\n    {reason}" for reason in bad[:10]))
+    details = m.get("tokenizer_details")
+    if details and details.get("added_tokens"):
+        lines.append(f"  tokenizer: added {', '.join(details['added_tokens'])} (mask id {details['mask_id']})")
     lines.append(f"  elapsed: {m['elapsed_s']:.1f} s")
     return "\n".join(lines)
