@@ -17,6 +17,8 @@ import pytest
 from dsl_scale.checkpoint.run_lock import LOCK_NAME, RunLock
 from tests.launching import REPO, command, env, micro_run, read_jsonl
 
+pytestmark = pytest.mark.distributed
+
 CHECKPOINT_BYTES = 39_691_198  # about one micro checkpoint at L = 64 (fp32 weights and AdamW moments, no EMA)
 
 
