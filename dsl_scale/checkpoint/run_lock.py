@@ -110,7 +110,7 @@ class RunLock:
         return json.dumps({**self.me, "renewed": time.time(), "lease_s": self.lease_s}) + "\n"
 
     def _write_temporary(self) -> Path:
-        tmp = self.path.with_name(f".{LOCK_NAME}.{self.me['host']}.{self.me['pid']}")
+        tmp = self.path.with_name(f".{LOCK_NAME}.{self.me['host']}.{self.me['pid']}.{self.me['token']}")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(self._record())
             f.flush()
