@@ -173,3 +173,30 @@ def test_a_restart_takes_the_shape_its_first_start_took(tmp_path):
                    run_dir=str(tmp_path / "run"))
     assert resolve_model_shape(again) is None
     assert (again.model.name, again.model.hidden, again.model.n_blocks) == ("from_checkpoint:imported", 32, 2)
+
+
+def test_a_scorer_hub_id_is_read_from_the_cache(tmp_path, monkeypatch):
+    import transformers
+
+    from dsl_scale.evaluation.scorers import HFScorer, build_scorer
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    snapshot = repo / "snapshots" / commit
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=32,
+                                                         vocab_size=3)).save_pretrained(snapshot)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "</s>": 1, "the": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", eos_token="</s>"
+                                         ).save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    scorer = build_scorer("someone/tiny-gpt2")
+    assert isinstance(scorer, HFScorer) and scorer.identity()["path"] == str(snapshot) and scorer.context == 32
+    with pytest.raises(CheckpointError, match="Hub id someone/other is not in the Hugging Face cache"):
+        build_scorer("someone/other")
