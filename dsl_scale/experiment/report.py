@@ -85,7 +85,11 @@ def collect_rows(e: Experiment, layout: Layout) -> list[dict[str, Any]]:
                    "hmm_invalid": _combine([_figure(x, ("hmm_nll",), "invalid") for x in results])[0],
                    "mean_remasks": None if any(v is None for v in remasks) else sum(remasks) / len(remasks),
                    "remask_improved": _combine([_figure(x, ("remask_correction",), "improved_fraction")
-                                                for x in results])[0]}
+                                                for x in results])[0],
+                   # counts summed over the sampling seeds (claim 3's Wilson intervals)
+                   "remask_judged": sum((x.get("remask_correction") or {}).get("judged", 0) for x in results),
+                   "remask_improved_count": sum((x.get("remask_correction") or {}).get("improved", 0)
+                                                for x in results)}
             for key, path, field, check, _ in METRICS:
                 row[key], row["ci95"][key] = _combine([_figure(x, path, field) for x in results])
                 checks = [((x.get("sanity") or {}).get("checks") or {}).get(check) for x in results] if check else []
@@ -220,9 +224,9 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
         lines += metric_table(e, rows, key, title)
     shown = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows)]
     invalid = int(any(r["hmm_invalid"] is not None for r in rows))
-    from dsl_scale.experiment.verdicts import verdict_lines, verdicts
+    from dsl_scale.experiment.verdicts import verdict_lines
 
-    lines += [*verdict_lines(verdicts(rows, list(v.metrics), list(t.finetune_seeds))), *step_efficiency(e, rows), "",
+    lines += [*verdict_lines(all_verdicts(e, rows, layout)), *step_efficiency(e, rows), "",
               *analysis_table(e, layout), "## Every figure", "",
               "| method | T | mean NFE | " + " | ".join(c[1] for c in shown) + " | entropy | samples |"
               + (" invalid (NLL) |" if invalid else ""), "|---|---|---|" + "---|" * (len(shown) + 2 + invalid)]
@@ -264,16 +268,25 @@ def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
     return lines
 
 
+def all_verdicts(e: Experiment, rows: list[dict], layout: Layout) -> dict[str, Any]:
+    """The preregistered rules experiment/verdicts.py computes (claims 1, 3, 4, 5)."""
+    from dsl_scale.experiment.config import arm_run
+    from dsl_scale.experiment.verdicts import control_verdicts, verdicts
+
+    analyses = {c: json.loads(layout.analysis(c).read_text()) for c, _ in arm_runs(e) if layout.analysis(c).is_file()}
+    seeds = list(e.train.finetune_seeds)
+    return {**verdicts(rows, list(e.eval.metrics), seeds),
+            **control_verdicts(rows, analyses, seeds, lambda arm, s: arm_run(e, arm, s))}
+
+
 def write_report(e: Experiment, layout: Layout, stages: list[dict], wall_s: float, plot: bool = True) -> dict:
     """results.json, results.md and quality_vs_nfe.png under the output directory; returns results.json's content."""
     rows = collect_rows(e, layout)
     runs = {key: run_summary(layout.run(key)) for key, _ in training_runs(e)}
     analyses = {c: json.loads(layout.analysis(c).read_text()) for c, _ in arm_runs(e) if layout.analysis(c).is_file()}
-    from dsl_scale.experiment.verdicts import verdicts
-
     results = {"experiment": experiment_dict(e), "tokenizer": e.data.tokenizer, "seed": e.seed, "rows": rows,
                "runs": runs, "analyses": analyses, "stages": stages, "wall_time_s": wall_s,
-               "verdicts": verdicts(rows, list(e.eval.metrics), list(e.train.finetune_seeds))}
+               "verdicts": all_verdicts(e, rows, layout)}
     (layout.root / "results.json").write_text(json.dumps(results, indent=2))
     (layout.root / "results.md").write_text(markdown(e, rows, runs, wall_s, layout))
     if plot:

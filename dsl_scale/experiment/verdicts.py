@@ -1,6 +1,7 @@
-"""docs/results/PREREGISTRATION.md's rules for claim 1 ("~4× fewer NFE") and claim 5 ("matches AR"), computed from
-the report's rows, so the verdict a run gives is the rule's and not a reading of the tables. Each rule is judged per
-fine-tune seed; it holds only when it holds for every seed.
+"""docs/results/PREREGISTRATION.md's rules for claim 1 ("~4× fewer NFE"), claim 3 (self-correction against the
+discrete-corruption control), claim 4 (calibration against it) and claim 5 ("matches AR"), computed from the
+report's rows and the arms' analyses, so the verdict a run gives is the rule's and not a reading of the tables.
+Each rule is judged per fine-tune seed; it holds only when it holds for every seed.
 
 Rows (experiment/report.py collect_rows) carry their arm, sampler, fine-tune seed, mean NFE and each metric with its
 interval and sanity verdict. A row competes at budget B when its mean NFE ≤ B + 1; frontier rows (", τ=" in the label)
@@ -9,6 +10,8 @@ and the untrained-head row never compete.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 MDLM_SAMPLERS = frozenset({"mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop", "remdm_loop_short",
@@ -120,11 +123,74 @@ def verdicts(rows: list[dict], metrics: list[str], finetune_seeds: list[int]) ->
     return out
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def in_sampler_rule(rows: list[dict], seed: int, budgets: tuple[int, ...] = (16, 64)) -> dict[str, Any]:
+    """Claim 3, in-sampler: DSL + confidence remasking's fraction of remasks that raise the likelihood beats the
+    control's (same sampler) by >= 0.05 with disjoint Wilson intervals, at every budget."""
+    def pick(arm: str, T: int) -> dict | None:
+        return next((r for r in rows if r["arm"] == arm and r["sampler"] == "remdm_confidence" and r["T"] == T
+                     and r["finetune_seed"] == seed and ", τ=" not in r["method"]), None)
+
+    detail = {}
+    for T in budgets:
+        d, c = pick("dsl", T), pick("corrupt", T)
+        if d is None or c is None or not d.get("remask_judged") or not c.get("remask_judged"):
+            return {"passed": None, "why": "cells missing"}
+        dl, _ = wilson(d["remask_improved_count"], d["remask_judged"])
+        _, ch = wilson(c["remask_improved_count"], c["remask_judged"])
+        detail[T] = (d["remask_improved"], c["remask_improved"])
+        if not (d["remask_improved"] >= c["remask_improved"] + 0.05 and dl > ch):
+            return {"passed": False, "why": f"T={T}: {d['remask_improved']:.3f} vs {c['remask_improved']:.3f}"}
+    return {"passed": True, "row": ", ".join(f"T={T}: {a:.3f} vs {b:.3f}" for T, (a, b) in detail.items())}
+
+
+def analysis_rules(analyses: dict[str, dict], dsl_run: str, control_run: str) -> dict[str, dict[str, Any]]:
+    """Claim 3 one-pass (net repair = repaired − broken, +0.05 and disjoint repaired intervals) and claim 4
+    (visible ECE 0.02 below the control's) for one fine-tune seed."""
+    d, c = analyses.get(dsl_run), analyses.get(control_run)
+    if d is None or c is None:
+        missing = {"passed": None, "why": "analyses missing"}
+        return {"one_pass": missing, "calibration": missing}
+    dfix, cfix = d.get("self_correction") or {}, c.get("self_correction") or {}
+    d_net, c_net = dfix["repaired"] - dfix["broken"], cfix["repaired"] - cfix["broken"]
+    disjoint = (dfix.get("repaired_ci95") and cfix.get("repaired_ci95")
+                and dfix["repaired_ci95"][0] > cfix["repaired_ci95"][1])
+    d_ece, c_ece = d["calibration"]["visible"]["ece"], c["calibration"]["visible"]["ece"]
+    return {"one_pass": {"passed": bool(d_net >= c_net + 0.05 and disjoint),
+                         "row": f"net repair {d_net:.3f} vs {c_net:.3f}"},
+            "calibration": {"passed": bool(d_ece <= c_ece - 0.02), "row": f"visible ECE {d_ece:.3f} vs {c_ece:.3f}"}}
+
+
+def control_verdicts(rows: list[dict], analyses: dict[str, dict], seeds: list[int],
+                     run_of: Callable[[str, int], str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    per_seed = {s: in_sampler_rule(rows, s) for s in seeds}
+    if any(v["passed"] is not None for v in per_seed.values()) or any(r.get("remask_judged") for r in rows):
+        out["claim3_in_sampler"] = {"verdict": seeds_verdict(per_seed), "per_seed": per_seed}
+    both = {s: analysis_rules(analyses, run_of("dsl", s), run_of("corrupt", s)) for s in seeds}
+    out["claim3_one_pass"] = {"verdict": seeds_verdict({s: v["one_pass"] for s, v in both.items()}),
+                              "per_seed": {s: v["one_pass"] for s, v in both.items()}}
+    out["claim4"] = {"verdict": seeds_verdict({s: v["calibration"] for s, v in both.items()}),
+                     "per_seed": {s: v["calibration"] for s, v in both.items()}}
+    return out
+
+
 def verdict_lines(result: dict[str, Any]) -> list[str]:
     lines = ["## Preregistered rules (docs/results/PREREGISTRATION.md), computed", "",
              f"Claim 1 metrics: {', '.join(result['metrics'])}.", ""]
     for key, title in (("claim1_dsl", "Claim 1, ~4× fewer NFE, DSL (ours)"),
                        ("claim1_dsl_authors", "Claim 1, ~4× fewer NFE, DSL as its authors train it"),
+                       ("claim3_in_sampler", "Claim 3, in-sampler self-correction vs the control"),
+                       ("claim3_one_pass", "Claim 3, one-pass self-correction vs the control"),
+                       ("claim4", "Claim 4, calibration vs the control"),
                        ("claim5", "Claim 5, matches AR at B = 64")):
         if key in result:
             entry = result[key]

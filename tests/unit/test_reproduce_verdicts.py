@@ -59,3 +59,31 @@ def test_seed_rule_and_the_report_entry():
     assert result["claim5"]["verdict"] == "holds"  # the DSL rows at T = 64 (1.0, 0.0) beat the AR row
     result = verdicts([*rows, row("AR", "ar", "ar", 64, None, 0.9, 0.0, nfe=127)], ["eps_nll", "hmm_tv"], [0, 1])
     assert result["claim5"]["verdict"] == "fails"  # 1.0 > 0.9 + 0.05
+
+
+def test_control_rules_read_the_remask_counts_and_the_analyses():
+    from dsl_scale.experiment.verdicts import control_verdicts, wilson
+
+    low, high = wilson(30, 100)
+    assert 0.2 < low < 0.3 < high < 0.4  # 0.219, 0.396
+
+    def remasking(arm: str, T: int, improved: int, judged: int) -> dict:
+        return {"method": f"{arm} + confidence remasking", "arm": arm, "sampler": "remdm_confidence", "T": T,
+                "finetune_seed": 0, "remask_improved": improved / judged, "remask_judged": judged,
+                "remask_improved_count": improved}
+
+    def analysis(repaired: float, broken: float, ece: float) -> dict:
+        return {"self_correction": {"repaired": repaired, "broken": broken,
+                                    "repaired_ci95": [repaired - 0.02, repaired + 0.02]},
+                "calibration": {"visible": {"ece": ece}}}
+
+    rows = [remasking("dsl", 16, 300, 500), remasking("corrupt", 16, 200, 500),
+            remasking("dsl", 64, 310, 500), remasking("corrupt", 64, 290, 500)]  # T = 64: 0.62 vs 0.58, < 0.05
+    analyses = {"dsl": analysis(0.3, 0.01, 0.10), "corrupt": analysis(0.2, 0.05, 0.11)}
+    out = control_verdicts(rows, analyses, [0], lambda arm, seed: arm)
+    assert out["claim3_in_sampler"]["verdict"] == "fails"
+    assert out["claim3_one_pass"]["verdict"] == "holds"  # net 0.29 vs 0.15, repaired intervals disjoint
+    assert out["claim4"]["verdict"] == "fails"  # ECE 0.10 is not 0.02 below 0.11
+    rows[2] = remasking("dsl", 64, 400, 500)
+    assert control_verdicts(rows, analyses, [0], lambda arm, seed: arm)["claim3_in_sampler"]["verdict"] == "holds"
+    assert control_verdicts(rows, {}, [0], lambda a, s: a)["claim4"]["verdict"].startswith("no verdict")
