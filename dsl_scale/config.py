@@ -245,6 +245,8 @@ class TrainConfig:
     on_save_error: str = choice("stop", "stop", "continue")
     # run_dir/run.lock: another host's lock not renewed for this long is taken over (checkpoint/run_lock.py)
     lock_lease_minutes: float = 10.0
+    # [a, b]: a torch.profiler trace of steps a..b (Chrome / TensorBoard format) in run_dir/profile/; [] = off
+    profile_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -252,6 +254,26 @@ class CheckpointConfig:
     # resuming a checkpoint saved at another TP/PP/DP/ZeRO layout: auto reshards it in-process, never refuses with
     # the offline command to run instead (checkpoint/relayout.py)
     reshard: str = choice("auto", "auto", "never")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, optional (`pip install -e .[tracking]`): rank 0 logs what metrics.jsonl and eval.jsonl
+    get; the run id is kept in the run directory beside the checkpoints (run_dir/wandb.json), so a resumed or
+    requeued job continues the same W&B run. TensorBoard (run_dir/tb) is written either way."""
+
+    enabled: bool = False
+    project: str = "dsl-scale"
+    entity: str = ""  # "" = the W&B default entity
+    name: str = ""  # "" = the run directory's name
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    mode: str = choice("", "", "online", "offline", "disabled")  # "" = $WANDB_MODE, else online
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -263,6 +285,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     run_dir: str = "runs/default"
     init_from: str | None = None
 

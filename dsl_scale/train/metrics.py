@@ -31,7 +31,10 @@ PEAK_ENV = "DSL_SCALE_PEAK_FLOPS"  # a per-device peak that overrides the table 
 class MetricsWriter:
     """Writes on the rank that owns it (rank 0); a no-op elsewhere."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, wandb=None, config: dict | None = None):
+        """`wandb`: the run's logging.wandb settings (train/trackers.py), `config` what W&B records of the run."""
+        from dsl_scale.train.trackers import WandbTracker
+
         self.enabled = enabled
         self.metrics_path = run_dir / "metrics.jsonl"
         self.eval_path = run_dir / "eval.jsonl"
@@ -40,6 +43,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.tracker = WandbTracker(wandb, run_dir, config, enabled)
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps a resumed run is about to repeat (they were never checkpointed)."""
@@ -61,6 +65,7 @@ class MetricsWriter:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(f"train/{key}", value, record["step"])
+        self.tracker.log(record, "train")
 
     def log_eval(self, record: dict) -> None:
         if not self.enabled:
@@ -70,10 +75,12 @@ class MetricsWriter:
             if key != "step":
                 self.tb.add_scalar(f"eval/{key}", value, record["step"])
         self.tb.flush()
+        self.tracker.log(record, "eval")
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        self.tracker.finish()
 
 
 # --- throughput and MFU ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dsl_scale.tokenizer import get_tokenizer
 from dsl_scale.train import preemption
 from dsl_scale.train.ema import EMA
 from dsl_scale.train.metrics import MetricsWriter, Progress, run_throughput
+from dsl_scale.train.trackers import StepProfiler
 
 
 class Trainer:
@@ -77,7 +78,8 @@ class Trainer:
         self.engine = build_engine(model, cfg, self.topo)
         engine_lib.skip_single_replica_allreduce(self.engine, self.topo.dp, cfg.parallel.zero_stage)
         self.ema = EMA(weight_source(self.engine), cfg.train.ema) if cfg.train.ema > 0 else None
-        self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.topo.rank == 0, wandb=cfg.logging.wandb,
+                                     config=dataclasses.asdict(cfg))
         self.step = 0
         self._resume()
 
@@ -206,10 +208,13 @@ class Trainer:
         progress.start()  # the step loop's clock and time box start here, after the first evaluation
         preempted = False
         pending: list[dict] = []  # step records whose device values are not read yet
+        profiler = StepProfiler(t.profile_steps, self.run_dir, self.topo.rank)
         while self.step < t.steps:
             started = time.perf_counter()
             self.step += 1
+            profiler.before_step(self.step)
             record = {"step": self.step, **self.train_step(batches)}
+            profiler.after_step(self.step)
             record.update(progress.fields(self.step, time.perf_counter() - started))
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
             out_of_time, preempted = self._stop_flags(time.monotonic() > deadline)
@@ -231,6 +236,7 @@ class Trainer:
             if out_of_time:
                 self.log(f"stopping after {t.max_minutes} minutes at step {self.step}")
                 break
+        profiler.close()
         self.metrics.close()
         if preempted and self.step < t.steps:
             self._exit_for_requeue()

@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.launching import micro_run, read_jsonl, run
 
 LINE = re.compile(r"^\[dsl_scale\] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) step (\d+)/(\d+) loss \S+ .*\| (\S+) s/step "
@@ -44,6 +46,7 @@ def test_a_20_step_run_logs_time_step_time_eta_mfu_and_memory(wiki_shards: Path,
     assert records[0]["eta_s"] > records[9]["eta_s"] > 0
 
 
+@pytest.mark.slow  # the time-box arithmetic is tests/unit/test_training_metrics.py's; this is the real run
 def test_a_time_boxed_run_says_so(wiki_shards: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     overrides = micro_run(wiki_shards, tmp_path / "run", 100000, **{"train.max_minutes": 0.05})
