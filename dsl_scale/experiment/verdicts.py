@@ -1,5 +1,5 @@
-"""docs/results/PREREGISTRATION.md's rules for claim 1 ("~4× fewer NFE"), claim 3 (self-correction against the
-discrete-corruption control), claim 4 (calibration against it) and claim 5 ("matches AR"), computed from the
+"""docs/results/PREREGISTRATION.md's rules for claims 1 ("~4× fewer NFE"), 2 (training alone), 3 (self-correction
+against the discrete-corruption control), 4 (calibration against it), 5 ("matches AR") and 6 (MAUVE), computed from the
 report's rows and the arms' analyses, so the verdict a run gives is the rule's and not a reading of the tables.
 Each rule is judged per fine-tune seed; it holds only when it holds for every seed.
 
@@ -81,6 +81,81 @@ def step_factor_rule(rows: list[dict], metrics: list[str], seed: int, dsl_arm: s
     return {"passed": False, "why": f"no DSL row at budget {low} meets every condition"}
 
 
+def better(d: dict, m: dict, metric: str) -> bool:
+    """D's 95 % interval entirely on the good side of M's (no interval: no)."""
+    dc, mc = (d.get("ci95") or {}).get(metric), (m.get("ci95") or {}).get(metric)
+    if not dc or not mc:
+        return False
+    return dc[0] > mc[1] if metric in HIGHER_IS_BETTER else dc[1] < mc[0]
+
+
+TRAINING_ALONE_SAMPLERS = ("mdlm", "remdm_loop", "confidence_unmask")
+
+
+def training_alone_rule(rows: list[dict], primary: str, secondary: str, seeds: list[int],
+                        budgets: tuple[int, ...] = (8, 16, 32, 64)) -> dict[str, Any]:
+    """Claim 2: `dsl` + S against `mdlm` + S at T = B for S in TRAINING_ALONE_SAMPLERS. Holds when, for every seed,
+    DSL is at least as good in every pair on both metrics and better in half of them on the primary one; fails when
+    it is worse on the primary metric in 4 or more pairs for some seed."""
+    def pick(arm: str, sampler: str, T: int, seed: int) -> dict | None:
+        return next((r for r in rows if r["arm"] == arm and r["sampler"] == sampler and r["T"] == T
+                     and r["finetune_seed"] == seed and ", τ=" not in r["method"]), None)
+
+    per_seed: dict[int, dict] = {}
+    for seed in seeds:
+        pairs = [(pick("dsl", S, T, seed), pick("mdlm", S, T, seed)) for S in TRAINING_ALONE_SAMPLERS for T in budgets]
+        if any(d is None or m is None or d.get(primary) is None or m.get(primary) is None for d, m in pairs):
+            per_seed[seed] = {"passed": None, "why": "cells missing"}
+            continue
+        if not _sane([r for pair in pairs for r in pair], [primary, secondary]):
+            per_seed[seed] = {"passed": None, "why": "no verdict: sanity failed"}
+            continue
+        both = sum(at_least_as_good(d, m, primary) and (d.get(secondary) is None or m.get(secondary) is None
+                                                        or at_least_as_good(d, m, secondary)) for d, m in pairs)
+        wins = sum(better(d, m, primary) for d, m in pairs)
+        worse = sum(not at_least_as_good(d, m, primary) for d, m in pairs)
+        per_seed[seed] = {"passed": both == len(pairs) and 2 * wins >= len(pairs), "worse": worse,
+                          "row": f"{both}/{len(pairs)} at least as good, {wins} better, {worse} worse"}
+    outcomes = list(per_seed.values())
+    if any(v["passed"] is None for v in outcomes):
+        verdict = seeds_verdict(per_seed)
+    elif all(v["passed"] for v in outcomes):
+        verdict = "holds"
+    elif any(v["worse"] >= 4 for v in outcomes):
+        verdict = "fails"
+    else:
+        verdict = "not supported"
+    return {"verdict": verdict, "per_seed": per_seed, "metrics": [primary, secondary]}
+
+
+def mauve_rule(rows: list[dict], seeds: list[int], budgets: tuple[int, int] = (8, 16)) -> dict[str, Any]:
+    """Claim 6: a DSL row better than the best MDLM row by MAUVE (disjoint intervals) at one of the budgets and
+    not worse at the other, for every seed; only ties everywhere is "inconclusive (no power)"."""
+    per_seed: dict[int, dict] = {}
+    ties_only = True
+    for seed in seeds:
+        outcome = {}
+        for B in budgets:
+            base = best(competing(rows, "mdlm", MDLM_SAMPLERS, B, seed), "mauve")
+            dsl = [d for d in competing(rows, "dsl", DSL_SAMPLERS, B, seed) if d.get("mauve") is not None]
+            if base is None or not dsl:
+                outcome = None
+                break
+            top = best(dsl, "mauve")
+            outcome[B] = ("better" if better(top, base, "mauve") else
+                          "tie" if at_least_as_good(top, base, "mauve") else "worse")
+        if outcome is None:
+            per_seed[seed] = {"passed": None, "why": "cells missing"}
+            continue
+        ties_only &= all(v == "tie" for v in outcome.values())
+        per_seed[seed] = {"passed": "better" in outcome.values() and "worse" not in outcome.values(),
+                          "row": ", ".join(f"B={B}: {v}" for B, v in outcome.items())}
+    verdict = seeds_verdict(per_seed)
+    if verdict == "fails" and ties_only:
+        verdict = "inconclusive (no power)"
+    return {"verdict": verdict, "per_seed": per_seed}
+
+
 def seeds_verdict(per_seed: dict[int, dict]) -> str:
     outcomes = [v["passed"] for v in per_seed.values()]
     if any(o is None for o in outcomes):
@@ -108,6 +183,10 @@ def verdicts(rows: list[dict], metrics: list[str], finetune_seeds: list[int]) ->
     for arm in ("dsl", "dsl_authors"):
         per_seed = {s: step_factor_rule(rows, step, s, arm) for s in finetune_seeds}
         out[f"claim1_{arm}"] = {"verdict": seeds_verdict(per_seed), "per_seed": per_seed}
+    primary, secondary = ("eps_nll", "tv_2") if "eps_nll" in metrics else ("gen_ppl_2", "kn_ppl")
+    out["claim2"] = training_alone_rule(rows, primary, secondary, finetune_seeds)
+    if "mauve" in metrics:
+        out["claim6"] = mauve_rule(rows, finetune_seeds)
     ar_rows = [r for r in rows if r["sampler"] == "ar"]
     if ar_rows:
         per_seed = {}
@@ -188,10 +267,12 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
              f"Claim 1 metrics: {', '.join(result['metrics'])}.", ""]
     for key, title in (("claim1_dsl", "Claim 1, ~4× fewer NFE, DSL (ours)"),
                        ("claim1_dsl_authors", "Claim 1, ~4× fewer NFE, DSL as its authors train it"),
+                       ("claim2", "Claim 2, training alone (same sampler, DSL vs MDLM arm)"),
                        ("claim3_in_sampler", "Claim 3, in-sampler self-correction vs the control"),
                        ("claim3_one_pass", "Claim 3, one-pass self-correction vs the control"),
                        ("claim4", "Claim 4, calibration vs the control"),
-                       ("claim5", "Claim 5, matches AR at B = 64")):
+                       ("claim5", "Claim 5, matches AR at B = 64"),
+                       ("claim6", "Claim 6, MAUVE at low budgets")):
         if key in result:
             entry = result[key]
             seeds = "; ".join(f"seed {s}: " + ("–" if v["passed"] is None else "yes" if v["passed"] else "no")

@@ -87,3 +87,31 @@ def test_control_rules_read_the_remask_counts_and_the_analyses():
     rows[2] = remasking("dsl", 64, 400, 500)
     assert control_verdicts(rows, analyses, [0], lambda arm, seed: arm)["claim3_in_sampler"]["verdict"] == "holds"
     assert control_verdicts(rows, {}, [0], lambda a, s: a)["claim4"]["verdict"].startswith("no verdict")
+
+
+def test_training_alone_and_mauve_rules():
+    from dsl_scale.experiment.verdicts import mauve_rule, training_alone_rule
+
+    def cell(arm: str, sampler: str, T: int, nll: float, half: float = 0.02) -> dict:
+        return {"method": f"{arm} {sampler}", "arm": arm, "sampler": sampler, "T": T, "finetune_seed": 0,
+                "mean_nfe": T, "eps_nll": nll, "tv_2": 0.05, "ci95": {"eps_nll": [nll - half, nll + half]},
+                "sanity": {}}
+
+    grid_ = [cell("mdlm", s, T, 4.0) for s in ("mdlm", "remdm_loop", "confidence_unmask") for T in (8, 16, 32, 64)]
+    wins = [cell("dsl", s, T, 3.9) for s in ("mdlm", "remdm_loop", "confidence_unmask") for T in (8, 16, 32, 64)]
+    assert training_alone_rule(grid_ + wins, "eps_nll", "tv_2", [0])["verdict"] == "holds"  # 12 of 12 better
+    ties = [cell("dsl", s, T, 3.99) for s in ("mdlm", "remdm_loop", "confidence_unmask") for T in (8, 16, 32, 64)]
+    assert training_alone_rule(grid_ + ties, "eps_nll", "tv_2", [0])["verdict"] == "not supported"
+    losses = [cell("dsl", s, T, 4.1) for s in ("mdlm", "remdm_loop", "confidence_unmask") for T in (8, 16, 32, 64)]
+    assert training_alone_rule(grid_ + losses, "eps_nll", "tv_2", [0])["verdict"] == "fails"
+
+    def mauve_cell(arm: str, sampler: str, T: int, value: float, half: float) -> dict:
+        return {"method": f"{arm} {sampler}", "arm": arm, "sampler": sampler, "T": T, "finetune_seed": 0,
+                "mean_nfe": T, "mauve": value, "ci95": {"mauve": [value - half, value + half]}, "sanity": {}}
+
+    wide = [mauve_cell("mdlm", "mdlm", 8, 0.3, 0.2), mauve_cell("mdlm", "mdlm", 16, 0.4, 0.2),
+            mauve_cell("dsl", "remdm_confidence", 8, 0.32, 0.2), mauve_cell("dsl", "remdm_confidence", 16, 0.41, 0.2)]
+    assert mauve_rule(wide, [0])["verdict"] == "inconclusive (no power)"
+    wide[2] = mauve_cell("dsl", "remdm_confidence", 8, 0.8, 0.05)
+    wide[0] = mauve_cell("mdlm", "mdlm", 8, 0.3, 0.05)
+    assert mauve_rule(wide, [0])["verdict"] == "holds"
