@@ -382,6 +382,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                          f"train.steps={cfg.train.steps}")
     if cfg.train.steps < 0 or cfg.train.save_every < 1 or cfg.train.eval_every < 1 or cfg.train.log_every < 1:
         raise ValueError("train.steps must be >= 0 and train.{save,eval,log}_every >= 1")
+    window = list(cfg.train.profile_steps)
+    if window and (len(window) != 2 or not 1 <= window[0] <= window[1]):
+        raise ValueError(f"train.profile_steps={window}: want [] or [first, last] with 1 <= first <= last")
 
 
 # --- typed configs --------------------------------------------------------------------------------------------

@@ -44,3 +44,12 @@ def test_wandb_is_off_unless_enabled_and_on_the_logging_rank(tmp_path: Path):
         tracker.log({"step": 1, "loss": 1.0}, "train")
         tracker.finish()
         assert tracker.run is None and not (tmp_path / "wandb.json").exists()
+
+
+def test_a_bad_profile_window_is_refused_with_the_config():
+    from dsl_scale.config import Config, validate
+
+    cfg = Config()
+    cfg.train.profile_steps = [4, 2]
+    with pytest.raises(ValueError, match=r"train.profile_steps=\[4, 2\]"):
+        validate(cfg)
