@@ -67,6 +67,12 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
           "zero.Init's tensor-factory wrappers suspended while a parameter is initialised "
           "(partition_parameters.top_level_context, shutdown_init_context, restore_init_context), so the draws "
           "are fp32 on the host"),
+    Entry("megatron-implicit-tp-group", PATCH, "megatron-core", ">=0.16,<0.17", "dsl_scale.parallel.compile",
+          "tensor_parallel.layers.get_tensor_model_parallel_group_if_none passes the default TP group explicitly "
+          "(RowParallelLinear hands it None, and the rank-0-only deprecation warning broke graphs on rank 0 only)"),
+    Entry("megatron-linear-warning-flag", REQUIREMENT, "megatron-core", ">=0.16,<0.17", "dsl_scale.parallel.compile",
+          "tensor_parallel.layers.linear_with_grad_accumulation_and_async_allreduce.warned set before torch.compile "
+          "(its first-call warning would break and then recompile the compiled branches)"),
     Entry("torch-privateuse1-python-backend", REQUIREMENT, "torch", ">=2.13,<2.14", "tests.fake_gpu",
           "the tests' fake GPU: torch.utils.backend_registration._setup_privateuseone_for_python_backend (a "
           "private API) registering PrivateUse1 as a Python backend, used under FakeTensorMode"),

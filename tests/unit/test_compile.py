@@ -1,5 +1,5 @@
 """`model.compile` (parallel/compile.py): what `auto` means, bad values refused, and a compiled tiny DiT
-training step equal to the eager one (seeded dropout on, so the eager masks meet compiled residuals)."""
+training step equal to the eager one (seeded dropout on: the counter-RNG masks are compiled too)."""
 
 from __future__ import annotations
 
