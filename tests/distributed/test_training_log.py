@@ -45,6 +45,14 @@ def test_a_20_step_run_logs_time_step_time_eta_mfu_and_memory(wiki_shards: Path,
     assert records[-1]["eta_s"] == 0
     assert records[0]["eta_s"] > records[9]["eta_s"] > 0
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run_dir / "tb"))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {f"train/{k}" for k in ("wall_s", "step_s", "eta_s", "mfu", "peak_mem_bytes", "tokens_per_s")} <= tags
+    assert [e.step for e in board.Scalars("train/mfu")] == list(range(1, 21))
+
 
 @pytest.mark.slow  # the time-box arithmetic is tests/unit/test_training_metrics.py's; this is the real run
 def test_a_time_boxed_run_says_so(wiki_shards: Path, tmp_path: Path, monkeypatch):
