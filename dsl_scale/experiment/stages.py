@@ -73,7 +73,8 @@ def training_overrides(e: Experiment, layout: Layout, run: str, steps: int, warm
         f"model={t.model}", f"model.seq_len={e.data.seq_len}", f"data.path={layout.data}",
         f"data.source={e.data.source}", f"data.tokenizer={e.data.tokenizer}", f"run_dir={layout.run(run)}",
         f"train.steps={steps}", f"train.global_batch={t.global_batch}", f"train.micro_batch={t.micro_batch}",
-        f"optim.lr={t.lr}", f"optim.warmup_steps={warmup}", f"train.ema={t.ema}",
+        # constant after warm-up, as in the recorded runs (dsl-finetune's own default preset decays along a cosine)
+        f"optim.lr={t.lr}", f"optim.warmup_steps={warmup}", "optim.schedule=constant", f"train.ema={t.ema}",
         f"train.seed={e.seed if seed is None else seed}",
         f"train.eval_every={min(t.eval_every, steps)}", f"train.save_every={min(t.save_every, steps)}",
         f"train.log_every={max(1, min(t.eval_every, steps) // 5)}", *t.overrides,
