@@ -4,9 +4,15 @@
     dsl-submit JOB ...                              (the console script: the same command)
 
     python launchers/submit.py pretrain cluster.nodes=4 cluster.partition=gpu cluster.account=proj \
-        model=small run_dir=runs/small
-    python launchers/submit.py finetune cluster=deepspeed init_from=runs/small run_dir=runs/dsl --dry-run
-    python launchers/submit.py pretrain cluster=gpu_4node preset=gpu_small_4node run_dir=runs/small
+        model=small data.path=data/owt-L1024 run_dir=runs/small
+    python launchers/submit.py finetune cluster=deepspeed init_from=runs/small data.path=data/owt-L1024 \
+        run_dir=runs/dsl --dry-run
+    python launchers/submit.py pretrain cluster=gpu_4node preset=gpu_small_4node data.path=data/owt-L1024 \
+        run_dir=runs/small
+
+The GPU presets (configs/preset/gpu_*) and the dsl_from_mdlm_owt_* recipes prepare no data (`data.source` empty), so
+a training job needs `data.path=` to prepared shards (tools/prepare_data.py); without it the ranks stop at
+start-up naming the key.
 
 A training job's config is composed and validated at the cluster's world size (nodes × ranks per node) before
 anything is submitted: a batch that does not divide by micro-batch × DP, a layout that does not fit, or TP
