@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     --workdir) WORK=${2:?--workdir needs a directory}; shift ;;
     --out) OUT=${2:?--out needs a directory}; shift ;;
     --from) FROM=${2:?--from needs a step name}; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_smoke: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
