@@ -110,6 +110,7 @@ def test_the_holder_renews_its_lease_and_notices_a_takeover(tmp_path: Path):
         lock.check()
     lock.release()
     assert (tmp_path / LOCK_NAME).exists()  # not ours: left alone
+    (tmp_path / LOCK_NAME).unlink()
 
 
 def test_a_holder_killed_but_not_yet_reaped_counts_as_gone(tmp_path: Path):
