@@ -97,21 +97,22 @@ def _group_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> dict:
     raise KeyError(f"a tensor of shape {tuple(tensor.shape)} is in none of the optimizer's parameter groups")
 
 
-def _step_tensor(step: int, optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> torch.Tensor:
+def _step_tensor(step: int, group: dict, tensor: torch.Tensor) -> torch.Tensor:
     """AdamW's update count from the checkpoint, where torch's Adam keeps it for `tensor` (what it updates): an fp32
     scalar on the tensor's device when its group is fused or capturable (the fused CUDA kernel reads it there),
     else on the CPU. It replaces any count already there (DeepSpeed's bf16 wrapper creates the state with one
     step on zero gradients when it is built)."""
-    group = _group_of(optimizer, tensor)
     on_device = group.get("fused") or group.get("capturable")
     return torch.tensor(float(step), dtype=torch.float32, device=tensor.device if on_device else "cpu")
 
 
-def write_adam_state(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, step: int) -> dict:
+def write_adam_state(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, step: int,
+                     group: dict | None = None) -> dict:
     """`tensor`'s AdamW state with the checkpoint's update count; the moments are the caller's to fill, on the
-    tensor's device in fp32 (where AdamW reads them)."""
+    tensor's device in fp32 (where AdamW reads them). `group`: the tensor's parameter group, when the optimizer's
+    groups do not list it (DeepSpeed's ZeRO-3 empties their `params` outside a step)."""
     state = optimizer.state[tensor]
-    state["step"] = _step_tensor(step, optimizer, tensor)
+    state["step"] = _step_tensor(step, _group_of(optimizer, tensor) if group is None else group, tensor)
     return state
 
 
@@ -143,8 +144,10 @@ def _restore_moment(engine, named: dict, full: dict[str, torch.Tensor], key: str
                 value = local[names[id(param)]].flatten().narrow(0, lp.start, lp.numel)
                 buffer.narrow(0, hp.start, hp.numel).copy_(value)
     else:
-        for flat in optimizer.fp32_partitioned_groups_flat:
-            state = write_adam_state(optimizer.optimizer, flat, step)
+        inner = optimizer.optimizer
+        for sub_group, flat in enumerate(optimizer.fp32_partitioned_groups_flat):
+            group = inner.param_groups[optimizer.sub_group_to_group_id[sub_group]]
+            state = write_adam_state(inner, flat, step, group)
             state.setdefault(key, torch.zeros_like(flat))
         for name, param in named.items():
             optimizer.set_full_hp_param(local[name], param, key)
