@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-wheelhouse}
 PYVER=${DSL_WHEELHOUSE_PYTHON:-3.12}
-TORCH_VERSION=${DSL_WHEELHOUSE_TORCH:-2.13.0}  # the target's torch: every wheel's torch requirement must accept it
+TORCH_VERSION=${DSL_WHEELHOUSE_TORCH:-2.11.0}  # the lent GPU machine keeps its own CUDA torch 2.11: every wheel must accept it
 ABI=cp${PYVER/./}
 MAX_MIB=60
 VENV_PY=.venv/bin/python

@@ -1,7 +1,8 @@
 """One set of versions: every package pinned in more than one of the images, the set-up script, the GPU wheelhouse
-and the constraints file is pinned to the same version in all of them (torch above all: the CPU image and
-tools/setup.sh run the tests with it, the GPU image and the wheelhouse's target must be the same), and the
-constraints leave torch to each image."""
+and the constraints file is pinned to the same version in all of them, and the constraints leave torch to each
+image. torch is a stated matrix: the CPU image, tools/setup.sh (the tests, CI) and the GPU image share one version;
+the wheelhouse targets the lent GPU machine, which keeps its own CUDA torch (LENT_MACHINE_TORCH, in
+docs/clusters.md too), so every wheel in it must accept that one."""
 
 from __future__ import annotations
 
@@ -35,14 +36,22 @@ def pins() -> dict[str, dict[str, set[str]]]:
     return found
 
 
-def test_every_file_pins_torch_to_one_version():
+LENT_MACHINE_TORCH = "2.11.0"
+WHEELHOUSE = "tools/gpu_wheelhouse.sh"
+
+
+def test_every_file_pins_torch_to_its_row_of_the_matrix():
     torch_pins = pins()["torch"]
     assert set(torch_pins) == set(FILES) - {"docker/constraints.txt"}, dict(torch_pins)
+    assert torch_pins.pop(WHEELHOUSE) == {LENT_MACHINE_TORCH}, "the wheelhouse must target the lent machine's torch"
     versions = {v for found in torch_pins.values() for v in found}
     assert len(versions) == 1, f"torch pinned to {dict(torch_pins)}: make them agree"
+    assert f"torch {LENT_MACHINE_TORCH}" in (REPO / "docs/clusters.md").read_text(), "docs/clusters.md states it"
 
 
 def test_no_package_is_pinned_to_two_versions():
+    found = pins()
+    found["torch"].pop(WHEELHOUSE)  # the matrix's other row, checked above
     disagree = {package: {f: sorted(v) for f, v in files.items()}
-                for package, files in pins().items() if len({v for vs in files.values() for v in vs}) > 1}
+                for package, files in found.items() if len({v for vs in files.values() for v in vs}) > 1}
     assert not disagree, f"packages pinned to different versions: {disagree}"
