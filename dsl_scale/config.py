@@ -77,7 +77,7 @@ class SNRMixtureConfig(LogLinearMasking):
 
     First, with prob mdlm_fraction, exact MDLM masking (s ∈ {0, ∞}, every position on the embedding-table
     path: the token or [MASK]); otherwise, with prob p_roar, smoothed ROAR, else log-normal per token.
-    mdlm_fraction > 0 trains the inputs the discrete samplers feed. Defaults: the SPEC's (tunable)."""
+    mdlm_fraction > 0 trains the inputs the discrete samplers feed. Defaults: docs/method.md §4's (tunable)."""
 
     mdlm_fraction: float = 0.0
     p_roar: float = 0.1
@@ -105,21 +105,21 @@ class SNRMixtureConfig(LogLinearMasking):
 
 @dataclass
 class ARObjectiveConfig(ObjectiveSchema):
-    """Autoregressive baseline: causal attention, next-token loss (SPEC §2)."""
+    """Autoregressive baseline: causal attention, next-token loss (docs/method.md §2)."""
 
     name: str = choice("ar", "ar")
 
 
 @dataclass
 class MDLMObjectiveConfig(LogLinearMasking, ObjectiveSchema):
-    """Absorbing-state masked diffusion, log-linear schedule, SUBS, NELBO weight 1/t (SPEC §3)."""
+    """Absorbing-state masked diffusion, log-linear schedule, SUBS, NELBO weight 1/t (docs/method.md §3)."""
 
     name: str = choice("mdlm", "mdlm")
 
 
 @dataclass
 class DSLObjectiveConfig(SNRMixtureConfig, MDLMObjectiveConfig):
-    """Discrete Stochastic Localization (SPEC §4): z = s·K_x + √s·ε per position, converter z → input
+    """Discrete Stochastic Localization (docs/method.md §4): z = s·K_x + √s·ε per position, converter z → input
     embedding, unweighted cross-entropy over all positions (configs/objective/dsl.yaml)."""
 
     name: str = choice("dsl", "dsl")

@@ -15,7 +15,7 @@ cross-entropy over all positions, backward, AdamW step) on a batch of `--train-b
 tiny 16 = the trainer's global batch, small 2 to keep the run short), after one warm-up step;
 tokens/s = batch × L / median step time. This is an upper bound for the trainer's consumption (no DeepSpeed,
 no masking, no EMA), so the ratios are conservative. ratio = delivered / consumed by the preset of the
-same L; `ratio_small` = delivered / consumed by `small`. Target (issue 6): ratio_small ≥ 20 everywhere.
+same L; `ratio_small` = delivered / consumed by `small`. Target: ratio_small ≥ 20 everywhere.
 
 Shard hash checks: tokens/s with `data.check_hashes` on against off (the reference, in the same run,
 alternated `--hash-repeats` times, medians), timed from the first step so that every shard's first-read

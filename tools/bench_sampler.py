@@ -11,7 +11,7 @@ which no trained model resembles, so it is re-drawn with std logit_scale/√H: l
 right before and right after each sampler's run (after one short warm-up run of every sampler), so a
 drifting machine biases neither side. `ratio_in_run` divides the wall time by the forward time actually
 spent inside the same run instead: it isolates the sampler's own per-step work.
-Target (issue 7): ratio ≤ 1.05 at T = 128.
+Target: ratio ≤ 1.05 at T = 128.
 """
 
 from __future__ import annotations

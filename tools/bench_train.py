@@ -15,7 +15,7 @@ Per shape (model preset : L : batch of sequences), one process, fp32, MDLM objec
 - `plain`: a loop a person would write: torch.rand masking, forward, the same MDLM loss, backward,
   clip_grad_norm_, torch AdamW.
 Steps alternate between the two (after --warmup steps of each), so a drifting machine biases neither;
-the medians are reported; overhead = ours / plain − 1. Targets (issue 11): MFU ≥ 60 % for small at
+the medians are reported; overhead = ours / plain − 1. Targets: MFU ≥ 60 % for small at
 L = 256, ≥ 45 % for tiny at L = 128, overhead ≤ 5 %. When an MFU falls short, a torch.profiler table of
 one plain step's top operators (self CPU time) says where the time goes.
 

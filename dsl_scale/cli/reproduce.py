@@ -1,4 +1,4 @@
-"""Reproduce the paper's comparison at CPU scale (SPEC §5): MDLM vs DSL fine-tuning under ReMDM sampling.
+"""Reproduce the paper's comparison at CPU scale (docs/method.md §5): MDLM vs DSL fine-tuning under ReMDM sampling.
 
     python tools/reproduce.py                       # configs/experiment/full.yaml (text), into runs/reproduce
     python tools/reproduce.py --config synthetic    # configs/experiment/synthetic.yaml: the synthetic-hmm testbed

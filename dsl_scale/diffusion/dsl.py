@@ -1,4 +1,4 @@
-"""DSL: Discrete Stochastic Localization (SPEC §4). Pure tensor code: no process groups, no I/O.
+"""DSL: Discrete Stochastic Localization (docs/method.md §4). Pure tensor code: no process groups, no I/O.
 
 Every position i of a sequence x is observed through a Gaussian localization channel with its own SNR s_i:
 z_i = s_i·K_{x_i} + √s_i·ε_i, with K fixed, seeded, unit-norm token keys. Because ‖K_v‖ = 1, the exact
@@ -39,7 +39,7 @@ def token_keys(vocab_size: int, dim: int, seed: int) -> torch.Tensor:
 
 @dataclass
 class SNRSchedule(SNRMixtureConfig):
-    """The per-sequence SNR mixture (SPEC §4). Its fields and defaults are the DSL objective's
+    """The per-sequence SNR mixture (docs/method.md §4). Its fields and defaults are the DSL objective's
     (dsl_scale/config.py SNRMixtureConfig: mdlm_fraction, p_roar, the ROAR and log-normal parameters, and
     eps for the exact-MDLM sequences)."""
 

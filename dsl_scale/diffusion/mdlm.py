@@ -1,4 +1,4 @@
-"""MDLM: absorbing-state masked diffusion with the SUBS parameterisation (SPEC §3). Pure tensor code."""
+"""MDLM: absorbing-state masked diffusion with the SUBS parameterisation (docs/method.md §3). Pure tensor code."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ class AutoregressiveObjective:
 
 
 class DSLObjective:
-    """DSL (SPEC §4): per-sequence SNRs, z = s·K_x + √s·ε, unweighted cross-entropy over all positions."""
+    """DSL (docs/method.md §4): per-sequence SNRs, z = s·K_x + √s·ε, unweighted cross-entropy over all positions."""
 
     def __init__(self, objective, mask_id: int, vocab_size: int, seed: int):
         self.schedule = dsl.SNRSchedule.from_config(objective)

@@ -1,4 +1,4 @@
-"""Noise schedules (SPEC §3): the log-linear α_t = 1 − (1 − ε)t and antithetic time draws."""
+"""Noise schedules (docs/method.md §3): the log-linear α_t = 1 − (1 − ε)t and antithetic time draws."""
 
 from __future__ import annotations
 

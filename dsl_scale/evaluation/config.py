@@ -1,6 +1,6 @@
 """Schema of launchers/evaluate.py (configs/evaluate.yaml), registered with Hydra's ConfigStore.
 
-The MAUVE protocol of SPEC §6 is deliberately not in here: it is pinned in `mauve.PROTOCOL`, so no
+The MAUVE protocol of docs/method.md §6 is deliberately not in here: it is pinned in `mauve.PROTOCOL`, so no
 override can make two results files disagree on it silently.
 """
 

@@ -1,4 +1,4 @@
-"""Unigram entropy (SPEC §6) and distinct-n of sampled token sequences."""
+"""Unigram entropy (docs/method.md §6) and distinct-n of sampled token sequences."""
 
 from __future__ import annotations
 

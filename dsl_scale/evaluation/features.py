@@ -1,5 +1,5 @@
 """Text → feature vectors for MAUVE: the packaged MiniLM sentence encoder (offline default) or GPT-2
-large's terminal hidden state (SPEC §6's choice, when its weights are on disk). The encoders run on the
+large's terminal hidden state (docs/method.md §6's choice, when its weights are on disk). The encoders run on the
 compute device (core/device.py); features come back to the host as numpy arrays."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generative perplexity (SPEC §6): samples re-tokenised for the scorer when vocabularies differ, cut
+"""Generative perplexity (docs/method.md §6): samples re-tokenised for the scorer when vocabularies differ, cut
 after their first EOS, scored in chunks of the scorer's context, exp(mean NLL over scored tokens). The
 scorer's model runs on its `device` (the compute device for ours and Hugging Face ones, scorers.py)."""
 

@@ -1,4 +1,4 @@
-"""What is evaluated: the samples file with its settings sidecar, and the reference blocks of SPEC §6."""
+"""What is evaluated: the samples file with its settings sidecar, and the reference blocks of docs/method.md §6."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation likelihood bounds of a checkpoint: MDLM's NELBO (SPEC §3), the AR baseline's exact NLL.
+"""Validation likelihood bounds of a checkpoint: MDLM's NELBO (docs/method.md §3), the AR baseline's exact NLL.
 
 The times and masks are the trainer's validation draws (seed, key 0, EVAL_STREAM, example index), so
 `nelbo_examples=train.eval_examples seed=train.seed weights=model` reproduces the run's val_loss.
@@ -51,7 +51,7 @@ def _mdlm_part_bound(loaded, mask_id: int, seed: int) -> BoundFn:
 
 
 def _dsl_bound(loaded, mask_id: int, seed: int) -> BoundFn:
-    """SPEC §4: −log p(x) ≤ ½∫₀^{s*} mmse(s) ds + CE(x | z_{s*}), per token, every position through the
+    """docs/method.md §4: −log p(x) ≤ ½∫₀^{s*} mmse(s) ds + CE(x | z_{s*}), per token, every position through the
     converter at a common SNR; the grid and noise draws come from the run's objective config."""
     objective, model = loaded.train_config.objective, loaded.model
     keys = model.converter.keys

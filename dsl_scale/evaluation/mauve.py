@@ -1,4 +1,4 @@
-"""MAUVE (mauve-text) on precomputed features, with SPEC §6's parameters pinned and reported."""
+"""MAUVE (mauve-text) on precomputed features, with docs/method.md §6's parameters pinned and reported."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-# SPEC §6. `num_buckets` is n/10 (at least 2), n the smaller side; everything else is fixed.
+# docs/method.md §6. `num_buckets` is n/10 (at least 2), n the smaller side; everything else is fixed.
 PROTOCOL: dict[str, Any] = {
     "num_buckets": "n/10",
     "pca_max_data": -1,

@@ -14,7 +14,7 @@ from dsl_scale.evaluation.config import EvalConfig, validate_eval_config
 from dsl_scale.evaluation.inputs import Samples, read_samples, reference_tokens, tokenizer_name
 from dsl_scale.tokenizer import get_tokenizer
 
-# Sampler settings lifted to the top of the results file (SPEC §6), when the sidecar has them.
+# Sampler settings lifted to the top of the results file (docs/method.md §6), when the sidecar has them.
 _RUN_KEYS = {"checkpoint": "checkpoint", "sampler": "sampler", "steps": "T", "seed": "seed", "top_p": "top_p",
              "weights": "weights"}
 

@@ -246,7 +246,7 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
 
 
 def step_efficiency(e: Experiment, rows: list[dict]) -> list[str]:
-    """SPEC §5's claim measured: the fewest denoiser calls with which each method reaches the quality
+    """docs/method.md §5's claim measured: the fewest denoiser calls with which each method reaches the quality
     (quality_metric: the exact NLL on synthetic data, else MAUVE) of MDLM + ReMDM-loop at the largest T."""
     key = quality_metric(e)
     base = next((m for m in e.sample.methods if m.checkpoint == "mdlm" and m.sampler == "remdm_loop"), None)

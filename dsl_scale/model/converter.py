@@ -1,4 +1,4 @@
-"""DSL's converter from a localization observation z to the backbone's input embedding (SPEC §4).
+"""DSL's converter from a localization observation z to the backbone's input embedding (docs/method.md §4).
 
 p = softmax(β·z·Kextᵀ + b) over V token slots and one all-zero "mask slot", in fp32; h = W·p + c.
 Here W is stored row-wise like an embedding table: `token_weight` [V, H] (W's token columns) and

@@ -1,4 +1,4 @@
-"""The MDLM Diffusion Transformer (SPEC §2), built from megatron-core tensor-parallel layer types.
+"""The MDLM Diffusion Transformer (docs/method.md §2), built from megatron-core tensor-parallel layer types.
 
 The network is the same at every tensor-parallel size: megatron's layers hold their shard of each
 weight; nothing here talks to process groups directly. For pipeline parallelism a DiT is built per

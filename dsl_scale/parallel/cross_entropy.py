@@ -1,7 +1,7 @@
 """Vocab-parallel cross-entropy over chunks of tokens: fp32 only one chunk at a time.
 
 The logits stay in their own dtype (bf16 under mixed precision); each chunk of `chunk` tokens is upcast,
-its [MASK] logit suppressed (SUBS, SPEC §3), and reduced over the TP group as megatron's
+its [MASK] logit suppressed (SUBS, docs/method.md §3), and reduced over the TP group as megatron's
 `vocab_parallel_cross_entropy` does (max, then the sum of exponentials and the target's logit, in one
 all-reduce). The forward also writes the gradient's direction, softmax − one-hot, in the logits' dtype:
 backward only scales it by the incoming per-token gradient, without a collective, and nothing fp32 of

@@ -20,7 +20,7 @@ from dsl_scale.config import check_choices, choice
 
 @dataclass
 class SamplerSchema:
-    """mdlm and remdm_conf: the name and the nucleus rule (SPEC §5)."""
+    """mdlm and remdm_conf: the name and the nucleus rule (docs/method.md §5)."""
 
     name: str = "mdlm"
     # top-p rule (sampling/steps.py): reference = kuleshov-group/remdm's (cumulative mass ≤ p, plus the

@@ -1,8 +1,8 @@
-"""DSL's continuous sampler (SPEC §5): integrate the localization SDE in z, then argmax x_θ.
+"""DSL's continuous sampler (docs/method.md §5): integrate the localization SDE in z, then argmax x_θ.
 
 The channel z_s = s·K_x + W_s is a Brownian motion with drift K_x; given z alone its drift is the
 posterior mean x̂(z) = Σ_v p_θ(v | z) K_v, so dz = x̂(z) ds + g dW. g = 1 is the exact sampler (z_s then
-has the channel's marginal); g < 1 is the SPEC's noise-scale knob (its drift is not rescaled, so
+has the channel's marginal); g < 1 is docs/method.md §5's noise-scale knob (its drift is not rescaled, so
 marginals are only exact at g = 1; g = 0 gives every position the same token, since all start at z = 0
 with identical inputs).
 

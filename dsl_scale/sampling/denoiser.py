@@ -30,13 +30,13 @@ def resolve_batch_invariant(batch_invariant: bool | str, device: torch.device) -
 class ModelDenoiser:
     def __init__(self, model: nn.Module, batch_invariant: bool | str = "auto"):
         if getattr(getattr(model, "cfg", None), "time_conditioning", False):
-            # SPEC §5 samples without time conditioning; caching x_θ across steps relies on it.
+            # docs/method.md §5 samples without time conditioning; caching x_θ across steps relies on it.
             raise NotImplementedError("sampling a time-conditioned model is not supported")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.batch_invariant = resolve_batch_invariant(batch_invariant, self.device)
         converter = getattr(model, "converter", None)
-        # DSL checkpoints only: the token keys K [V, d] of the localization channel (SPEC §4), fp32 on the
+        # DSL checkpoints only: the token keys K [V, d] of the localization channel (docs/method.md §4), fp32 on the
         # state's device (the samplers' posterior means use them next to the logits).
         self.keys: torch.Tensor | None = None if converter is None else converter.keys.detach().float()
 

@@ -1,4 +1,4 @@
-"""Batch sampling of the MDLM / ReMDM family with per-sequence state and x_θ caching (SPEC §5).
+"""Batch sampling of the MDLM / ReMDM family with per-sequence state and x_θ caching (docs/method.md §5).
 
 Every random draw of sample i comes from a generator seeded by (seed, i) and consumed only by that
 sample, so a sample does not depend on the batch it was drawn in or on the number of ranks.
@@ -9,7 +9,7 @@ x_θ. By the Gumbel-max grouping property this is the same categorical as one Gu
 outcomes, but costs O(L) per step instead of O(L·V): softmax, nucleus and noise are computed only for
 the few rows that unmask.
 
-Steps follow kuleshov-group/remdm (SPEC §5): T random steps over linspace(1, 1e-5, T + 1), then one
+Steps follow kuleshov-group/remdm (docs/method.md §5): T random steps over linspace(1, 1e-5, T + 1), then one
 noise-removal pass whose argmax fills what is still masked; NFE counts every forward, that one included
 (≤ T + 1: a sequence a step left unchanged reuses its x_θ, the model not being time-conditioned).
 """

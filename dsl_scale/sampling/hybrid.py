@@ -1,4 +1,4 @@
-"""DSL's hybrid sampler (SPEC §5): a few continuous steps, then ReMDM-loop on the discrete draft.
+"""DSL's hybrid sampler (docs/method.md §5): a few continuous steps, then ReMDM-loop on the discrete draft.
 
 Reading of "continuous draft, then ReMDM-loop":
 1. `continuous_steps` = C steps of the continuous sampler (continuous.py) from s = 0 to `draft_snr`

@@ -2,7 +2,7 @@
 
 A sampler function has the signature of `generate.sample`: (denoise, indices, seq_len, steps, mask_id,
 seed, sampler_config, top_p) → SampleResult, and must draw every random number of sample i from
-(seed, i) only. The DSL samplers (SPEC §5) need a denoiser that also takes continuous inputs z
+(seed, i) only. The DSL samplers (docs/method.md §5) need a denoiser that also takes continuous inputs z
 (ModelDenoiser.from_z, through the DSL converter), which is why the denoiser is passed in.
 """
 

@@ -1,4 +1,4 @@
-"""Remasking schedules (SPEC §5): per step t → s, the α pair and σ per position. Pure tensor code.
+"""Remasking schedules (docs/method.md §5): per step t → s, the α pair and σ per position. Pure tensor code.
 
 Each schedule is `(cfg, t, s, psi, unmasked) -> (alpha_t, alpha_s, sigma [n, L] fp64)`, with σ already
 within [0, σ_max]. `psi` [n, L] holds the probability each unmasked token had when it was unmasked, except
@@ -80,7 +80,7 @@ def confidence(cfg: SamplerConfig, t: float, s: float, conf: torch.Tensor, unmas
     number of remaskings per step as remdm_loop (η per visible token), moved from the tokens the model
     believes to those it doubts. Masked positions keep σ = η, so unmasking still balances remasking at
     α = α_on. Rows whose visible tokens are all certain (w = 0) remask nothing. Outside the middle phase: MDLM.
-    What c means depends on the checkpoint: DSL trains its prediction at every position (SPEC §4), so c is a
+    What c means depends on the checkpoint: DSL trains its prediction at every position (docs/method.md §4), so c is a
     learned judgement of the visible token; MDLM's SUBS loss never reaches the raw output at visible
     positions (diffusion/mdlm.py), so with an MDLM checkpoint c is untrained: the control arm.
     """

@@ -1,4 +1,4 @@
-"""Sampler step rules as pure functions of tensors (SPEC §5). Probabilities in fp64.
+"""Sampler step rules as pure functions of tensors (docs/method.md §5). Probabilities in fp64.
 
 A step's categorical, per position, has V outcomes: the token ids, where the [MASK] id means
 "(stay or become) masked". `remdm_step_probs` writes it out densely (the reference definition);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 # Nucleus rules over the ids sorted by descending probability, with cumulative mass m_i up to and
-# including id i: "reference" (kuleshov-group/remdm, SPEC §5) keeps m_i ≤ p plus always the top-1;
+# including id i: "reference" (kuleshov-group/remdm, docs/method.md §5) keeps m_i ≤ p plus always the top-1;
 # "crossing" keeps m_i − p_i < p, i.e. also the id that crosses p (the smallest set reaching p).
 NUCLEUS_RULES = ("reference", "crossing")
 
@@ -79,7 +79,7 @@ def transition_groups(
     """(P(stay), P(leave)) per position [..., L] for a ReMDM step t → s with remasking σ (σ = 0: MDLM).
 
     Unmasked: stay 1 − σ, leave (to [MASK]) σ. Masked: stay (1 − α_s − σα_t)/(1 − α_t), leave (to a
-    token drawn from x_θ) (α_s − (1 − σ)α_t)/(1 − α_t). Both written as in SPEC §5, not as 1 − other.
+    token drawn from x_θ) (α_s − (1 − σ)α_t)/(1 − α_t). Both written as in docs/method.md §5, not as 1 − other.
     A negative value (remdm_loop's step across t_on can have α_s > 1) counts as 0 and the pair is
     renormalised, which is what the reference's sampler does with it (a race that a mass ≤ 0 never wins).
     """

@@ -3,9 +3,10 @@
 Our own variant (fengsxy/DSL-LLaDA's discrete decoders feed ids through the embedding; only its SDE mode
 uses the converter): visible tokens go to the DSL model as observations at a finite SNR and [MASK] as s = 0,
 so that its prediction at a visible position is a judgement of a noisy observation (what DSL trains:
-cross-entropy at every position, SPEC §4) rather than of a clean token it only has to copy. Here: z = s_vis·K_x at visible positions (the channel's mean, no noise, so x_θ is a
-function of the state and the samplers' cache stays exact), z = 0 at masked ones, every position through
-the converter (ModelDenoiser.from_z).
+cross-entropy at every position, docs/method.md §4) rather than of a clean token it only has to copy.
+Here: z = s_vis·K_x at visible positions (the channel's mean, no noise, so x_θ is a function of the state and
+the samplers' cache stays exact), z = 0 at masked ones, every position through the converter
+(ModelDenoiser.from_z).
 """
 
 from __future__ import annotations

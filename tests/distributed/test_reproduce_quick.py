@@ -17,7 +17,7 @@ import pytest
 from dsl_scale.experiment.config import load_experiment
 from tests.launching import REPO, env
 
-# In the default suite: issue 11 asks CI to run the quick reproduction (~3.5 min on 2 cores).
+# In the default suite: CI runs the quick reproduction (~3.5 min on 2 cores).
 pytestmark = pytest.mark.distributed
 
 CELLS = [("MDLM", 4), ("DSL + confidence remasking", 4), ("DSL + confidence remasking", 8),

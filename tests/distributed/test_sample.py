@@ -49,7 +49,7 @@ def test_one_rank_and_two_ranks_give_the_same_samples(checkpoint, reference, tmp
     assert [r["index"] for r in reference] == [r["index"] for r in two] == list(range(N))
     assert [r["tokens"] for r in two] == [r["tokens"] for r in reference]
     assert [r["nfe"] for r in two] == [r["nfe"] for r in reference]
-    # STEPS random steps and the noise-removal pass (SPEC §5): at most STEPS + 1 forwards
+    # STEPS random steps and the noise-removal pass (docs/method.md §5): at most STEPS + 1 forwards
     assert all(len(r["tokens"]) == 64 and 0 < r["nfe"] <= STEPS + 1 and isinstance(r["text"], str) for r in two)
     settings = json.loads(Path(f"{out}.settings.json").read_text())
     assert settings["weights_loaded"] == "ema" and settings["world_size"] == 2

@@ -1,4 +1,4 @@
-"""DSL's pure tensor parts (SPEC §4): keys, channel, SNR mixture, loss, likelihood bounds."""
+"""DSL's pure tensor parts (docs/method.md §4): keys, channel, SNR mixture, loss, likelihood bounds."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_schedule_reads_the_objective_config_and_validates():
 
     node = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "objective" / "dsl.yaml")
     schedule = dsl.SNRSchedule.from_config(node)
-    assert schedule == dsl.SNRSchedule(), "configs/objective/dsl.yaml holds the SPEC defaults"
+    assert schedule == dsl.SNRSchedule(), "configs/objective/dsl.yaml holds docs/method.md §4's defaults"
     schedule.validate()
     with pytest.raises(ValueError, match="p_roar"):
         dsl.SNRSchedule(p_roar=1.5).validate()

@@ -1,4 +1,4 @@
-"""DSL's converter (SPEC §4) at TP = 1: Bayes posterior, endpoints, initialisation, input mixing."""
+"""DSL's converter (docs/method.md §4) at TP = 1: Bayes posterior, endpoints, initialisation, input mixing."""
 
 from __future__ import annotations
 

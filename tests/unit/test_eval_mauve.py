@@ -1,4 +1,4 @@
-"""MAUVE on real Wikipedia text with the offline MiniLM featurizer, through `evaluate` (SPEC §6)."""
+"""MAUVE on real Wikipedia text with the offline MiniLM featurizer, through `evaluate` (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MDLM objective (SPEC §3): forward masking rate, SUBS, NELBO weight, antithetic times."""
+"""MDLM objective (docs/method.md §3): forward masking rate, SUBS, NELBO weight, antithetic times."""
 
 from __future__ import annotations
 

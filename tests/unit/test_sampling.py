@@ -1,4 +1,4 @@
-"""MDLM / ReMDM sampling (SPEC §5): exact step probabilities, nucleus, two-stage draws, caching, seeding."""
+"""MDLM / ReMDM sampling (docs/method.md §5): exact step probabilities, nucleus, two-stage draws, caching, seeding."""
 
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ def test_caching_saves_evaluations_and_changes_nothing():
     cached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1)
     uncached = sample(CountingDenoiser(6), [0, 1, 2], seq_len=4, steps=32, mask_id=5, seed=1, cache=False)
     assert torch.equal(cached.tokens, uncached.tokens)
-    # T = 32 random steps and the noise-removal pass (SPEC §5, as kuleshov-group/remdm): T + 1 forwards uncached
+    # T = 32 random steps and the noise-removal pass (docs/method.md §5, as kuleshov-group/remdm): T + 1 forwards
+    # uncached
     assert all(n < 33 for n in cached.nfe) and uncached.nfe == [33, 33, 33]
     assert not (cached.tokens == 5).any(), "the final step unmasks everything"
 

@@ -1,4 +1,4 @@
-"""DSL samplers (SPEC §5): exact-Bayes correctness, the Heun step by hand, NFE, batch invariance, the
+"""DSL samplers (docs/method.md §5): exact-Bayes correctness, the Heun step by hand, NFE, batch invariance, the
 hybrid's loop rules, and a micro DiT with a converter end to end."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_exact_bayes_sde_draws_the_prior():
 
 
 def test_zero_noise_collapses_every_position_to_one_token():
-    """SPEC's drift with g = 0 is deterministic from z = 0: documents why g defaults to 1."""
+    """docs/method.md §5's drift with g = 0 is deterministic from z = 0: documents why g defaults to 1."""
     tokens = sample_dsl_continuous(BayesDenoiser(), [0, 1], 16, 16, MASK, seed=0, sampler=continuous(noise_scale=0.0),
                                    top_p=1.0).tokens
     assert (tokens == tokens[0, 0]).all()

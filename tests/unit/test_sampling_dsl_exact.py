@@ -1,4 +1,4 @@
-"""DSL continuous path against an exact Bayes denoiser over 29 symbols (SPEC §5, issue 18).
+"""DSL continuous path against an exact Bayes denoiser over 29 symbols (docs/method.md §5).
 
 With the exact posterior p(v | z) ∝ π_v·exp(⟨z, K_v⟩ − s‖K_v‖²/2) (unit keys: the s term is a constant)
 and g = 1, the sampled z_s has the channel's law: z_s − s·K_x is Brownian, variance s per dimension,

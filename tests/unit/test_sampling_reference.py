@@ -1,4 +1,4 @@
-"""The MDLM / ReMDM samplers against a transcription of kuleshov-group/remdm's step rule (SPEC §5, issue 18).
+"""The MDLM / ReMDM samplers against a transcription of kuleshov-group/remdm's step rule (docs/method.md §5).
 
 `reference_categorical` transcribes `_ddpm_caching_update` (diffusion.py of kuleshov-group/remdm) for
 one step of its sampling loop: SUBS x_θ (visible rows one-hot), its nucleus (cumulative mass ≤ p plus

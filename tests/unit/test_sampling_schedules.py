@@ -1,4 +1,4 @@
-"""ReMDM remasking schedules (SPEC §5): σ within [0, σ_max], the spec's σ per schedule, loop phases."""
+"""ReMDM remasking schedules (docs/method.md §5): σ within [0, σ_max], the spec's σ per schedule, loop phases."""
 
 from __future__ import annotations
 
