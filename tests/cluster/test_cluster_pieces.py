@@ -4,6 +4,7 @@ Dockerfiles."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
+from dsl_scale.checkpoint import consolidated
 from dsl_scale.cli import submit
 from dsl_scale.launch import slurm_environment, tasks_on_node
 from dsl_scale.parallel.topology import free_port
@@ -76,6 +78,7 @@ def _signal_world(rank: int, port: int, roots: list[str], results) -> None:
     import torch.distributed as dist
 
     from dsl_scale.checkpoint import manager
+    from dsl_scale.parallel.topology import Topology
     from dsl_scale.train import preemption
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -84,7 +87,11 @@ def _signal_world(rank: int, port: int, roots: list[str], results) -> None:
     if rank == 1:  # the signal reaches one node only (or one earlier than the other)
         os.kill(os.getpid(), signal.SIGUSR1)
     after = stop.agreed()
-    tag = manager.agreed_latest(Path(roots[rank]))
+    topo = Topology(rank=rank, world_size=2, tp=1, pp=1, dp=2, tp_rank=0, pp_rank=0, dp_rank=rank)
+    checkpointer = manager.Checkpointer(Path(roots[rank]).parent, topo, zero_stage=0, keep=2)
+    checkpointer.root = Path(roots[rank])  # each rank's own view of the checkpoints directory
+    tag = checkpointer.start().tag
+    checkpointer.release()
     try:
         manager.check_same_step(10 + rank)
         mixed = "no error"
@@ -98,7 +105,8 @@ def _signal_world(rank: int, port: int, roots: list[str], results) -> None:
 @pytest.mark.distributed
 def test_stop_signal_on_one_rank_stops_all_ranks_and_rank0_names_the_checkpoint(tmp_path):
     rank0_root, rank1_root = tmp_path / "rank0", tmp_path / "rank1"
-    (rank0_root / "step_00000006").mkdir(parents=True)
+    (rank0_root / "step_00000006").mkdir(parents=True)  # a layout-free tag: no reshard question at start-up
+    (rank0_root / "step_00000006" / consolidated.CONFIG).write_text(json.dumps({"format": consolidated.FORMAT}))
     (rank0_root / "latest").write_text("step_00000006")
     rank1_root.mkdir()  # a stale view without the pointer: it must follow rank 0
     ctx = mp.get_context("spawn")

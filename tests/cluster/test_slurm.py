@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.distributed]
 STEPS = 12
 TRAIN = ["model=micro", f"train.steps={STEPS}", "train.global_batch=8", "train.micro_batch=4",
          "train.eval_every=6", "train.eval_examples=8", "train.save_every=6", "train.log_every=1"]
-STEP_LINE = re.compile(r"^\[dsl_scale\] step (\d+) loss ", re.M)
+STEP_LINE = re.compile(r"^\[dsl_scale\] \S+ \S+ step (\d+)/\d+ loss ", re.M)  # after the date and time
 
 
 def submit(cluster, run_dir: Path, data: Path, *extra: str, steps: int = STEPS) -> str:
