@@ -10,7 +10,8 @@ import pytest
 
 from tests.launching import run
 
-pytestmark = pytest.mark.distributed
+# ~70 s, so slow; the TP1 graph-break and recompile budget (test_compile_graphs.py) stays in the default suite
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def test_every_tp_rank_compiles_the_same_graphs():
