@@ -36,18 +36,23 @@ def strip_frame(tokens: list[int], bos_id: int, eos_id: int) -> list[int]:
     return tokens[start:end]
 
 
-def per_token_nll(hmm: HMM, sequences: list[list[int]], batch_size: int = 256) -> np.ndarray:
-    """−log p(x) / len(x) per sequence (symbol ids only); sequences of one length are batched."""
+def sequence_log_likelihood(hmm: HMM, sequences: list[list[int]], batch_size: int = 512) -> np.ndarray:
+    """log p(x) per sequence (any ids < the emission table's width), batched by length."""
     out = np.empty(len(sequences))
     by_length: dict[int, list[int]] = {}
     for i, s in enumerate(sequences):
         by_length.setdefault(len(s), []).append(i)
-    for length, rows in by_length.items():
+    for _, rows in by_length.items():
         for start in range(0, len(rows), batch_size):
             idx = rows[start:start + batch_size]
-            symbols = torch.tensor([sequences[i] for i in idx], dtype=torch.long, device="cpu")
-            out[idx] = (-log_likelihood(hmm, symbols) / length).numpy()
+            ids = torch.tensor([sequences[i] for i in idx], dtype=torch.long, device="cpu")
+            out[idx] = log_likelihood(hmm, ids).numpy()
     return out
+
+
+def per_token_nll(hmm: HMM, sequences: list[list[int]], batch_size: int = 256) -> np.ndarray:
+    """−log p(x) / len(x) per sequence (symbol ids only); sequences of one length are batched."""
+    return -sequence_log_likelihood(hmm, sequences, batch_size) / np.array([len(s) for s in sequences], dtype=float)
 
 
 def hmm_quality(source: str, samples: list[list[int]], bos_id: int, eos_id: int, resamples: int = 1000,

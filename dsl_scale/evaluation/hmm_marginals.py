@@ -19,11 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from dsl_scale.data.synthetic_hmm import HMM
 from dsl_scale.evaluation.bootstrap import bootstrap_mean
-from dsl_scale.evaluation.hmm_likelihood import log_likelihood, strip_frame
+from dsl_scale.evaluation.hmm_likelihood import sequence_log_likelihood, strip_frame
 
 EPS = 1e-3
 
@@ -107,20 +106,6 @@ def smoothed_hmm(hmm: HMM, vocab_size: int, eps: float = EPS) -> HMM:
     emissions[:, :hmm.symbols] = hmm.emissions
     return HMM(hmm.initial, (1 - eps) * hmm.transitions + eps / hmm.states,
                (1 - eps) * emissions + eps / vocab_size, hmm.seed)
-
-
-def sequence_log_likelihood(hmm: HMM, sequences: list[list[int]], batch_size: int = 512) -> np.ndarray:
-    """log p(x) per sequence (any ids < the emission table's width), batched by length."""
-    out = np.empty(len(sequences))
-    by_length: dict[int, list[int]] = {}
-    for i, s in enumerate(sequences):
-        by_length.setdefault(len(s), []).append(i)
-    for _, rows in by_length.items():
-        for start in range(0, len(rows), batch_size):
-            idx = rows[start:start + batch_size]
-            ids = torch.tensor([sequences[i] for i in idx], dtype=torch.long, device="cpu")
-            out[idx] = log_likelihood(hmm, ids).numpy()
-    return out
 
 
 def eps_nll(hmm: HMM, samples: list[list[int]], bos_id: int, eos_id: int, vocab_size: int, eps: float = EPS,
