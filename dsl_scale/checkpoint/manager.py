@@ -203,13 +203,6 @@ class Checkpointer:
         """Whether step `step` saves: every save_every steps, the last step, and when stopping early."""
         return forced or step % self.save_every == 0 or step == last_step
 
-    def maybe_save(self, engine, step: int, last_step: int, client_state: dict, ema_state, forced: bool = False
-                   ) -> Path | None:
-        """Save when `due`; `ema_state` may be a callable (called only then)."""
-        if not self.due(step, last_step, forced):
-            return None
-        return self.save(engine, step, client_state, ema_state() if callable(ema_state) else ema_state)
-
     def save(self, engine, step: int, client_state: dict, ema_state: dict | None) -> Path:
         return training.save(engine, self.root, step, self.topo, {"step": step, **client_state}, ema_state,
                              self.ema_sharded, self.keep, self.save_guard)

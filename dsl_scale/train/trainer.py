@@ -94,11 +94,9 @@ class Trainer:
         self.metrics.truncate_after(self.step)
         self.log(f"resumed from {tag_dir} at step {self.step}")
 
-    def maybe_save(self, forced: bool = False) -> None:
-        """The Checkpointer's cadence (every train.save_every steps, the last step, an early stop)."""
-        self.checkpointer.maybe_save(self.engine, self.step, self.cfg.train.steps,
-                                     {"config": dataclasses.asdict(self.cfg)},
-                                     lambda: self.ema.state_dict() if self.ema else None, forced)
+    def save(self) -> None:
+        self.checkpointer.save(self.engine, self.step, {"config": dataclasses.asdict(self.cfg)},
+                               self.ema.state_dict() if self.ema else None)
 
     def log(self, message: str) -> None:
         if self.topo.rank == 0:
@@ -204,8 +202,7 @@ class Trainer:
         batches = train_batches(self.train_data, cfg.data, t.global_batch, self.topo.dp_rank, self.topo.dp, t.seed)
         if self.step == 0:
             self._record_eval()
-        deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-        progress.start()  # the step loop's clock and time box start here, after the first evaluation
+        progress.start()  # the step loop's clock and the time box (progress.deadline) start here, after the first eval
         preempted = False
         pending: list[dict] = []  # step records whose device values are not read yet
         profiler = StepProfiler(t.profile_steps, self.run_dir, self.topo.rank)
@@ -217,12 +214,12 @@ class Trainer:
             profiler.after_step(self.step)
             record.update(progress.fields(self.step, time.perf_counter() - started))
             evaluating = self.step % t.eval_every == 0 or self.step == t.steps
-            out_of_time, preempted = self._stop_flags(time.monotonic() > deadline)
+            out_of_time, preempted = self._stop_flags(time.perf_counter() > progress.deadline)
             if evaluating or out_of_time:
                 record["val_loss"] = self._record_eval()
             pending.append(record)
             logging = self.step % t.log_every == 0 or self.step == 1
-            saving = self.checkpointer.due(self.step, t.steps, forced=out_of_time or preempted)
+            saving = self.checkpointer.due(self.step, t.steps, forced=out_of_time or preempted)  # the cadence
             if logging or saving or evaluating:  # metrics.jsonl holds every step up to a checkpoint
                 for done in _read_values(pending):
                     self.metrics.log_step(done)
@@ -230,7 +227,7 @@ class Trainer:
             if logging:
                 self.log(progress.line(record))
             if saving:
-                self.maybe_save(forced=True)
+                self.save()
             if preempted:
                 break
             if out_of_time:
