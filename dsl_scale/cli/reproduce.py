@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{list(experiment.sample.steps)}, sampling seeds {list(experiment.sample.seeds)}", flush=True)
     started = time.time()
     try:
-        records = run_stages(stages, layout, budget_s=experiment.stop_after_minutes * 60)
+        records = run_stages(stages, layout, budget_s=experiment.stop_after_minutes * 60,
+                             workers=experiment.workers)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"[reproduce] stopped: {err}", file=sys.stderr)
         return 1

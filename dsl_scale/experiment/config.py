@@ -131,6 +131,9 @@ class Experiment:
     eval: EvalSettings = field(default_factory=EvalSettings)
     # > 0: start no stage after this many minutes of this invocation (the same command continues later)
     stop_after_minutes: float = 0.0
+    # stages run at once where they do not read each other's output, the cores shared between them: on CPU a
+    # small model's training and sampling scale poorly across cores, and every stage's start-up is serial work
+    workers: int = 1
 
 
 def load_experiment(config: str | Path, overrides: list[str] | None = None) -> Experiment:

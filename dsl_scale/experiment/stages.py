@@ -237,14 +237,18 @@ def finished(layout: Layout, index: int, stage: Stage) -> dict | None:
     return marker
 
 
-def child_env(ranks: int) -> dict[str, str]:
+def child_env(ranks: int, workers: int = 1) -> dict[str, str]:
+    """A launcher's environment: with several ranks or several stages at once, each process gets its share of
+    the cores (and keeps it: set_cpu_threads would otherwise give every one of them all the cores)."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    if ranks > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+    if ranks * workers > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (ranks * workers)))
+    if workers > 1:
+        env["DSL_SCALE_KEEP_THREADS"] = "1"
     return env
 
 
-def run_command(command: list[str], ranks: int, log: Path, echo: bool) -> None:
+def run_command(command: list[str], ranks: int, log: Path, echo: bool, workers: int = 1) -> None:
     """Run a launcher with its output in `log`; lines the launchers print for people ('[dsl_scale] ...')
     are echoed as progress. A failure raises with the log's tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +256,7 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool) -> None:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=child_env(ranks), cwd=REPO, bufsize=1)
+                                env=child_env(ranks, workers), cwd=REPO, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
@@ -268,29 +272,82 @@ class BudgetReached(RuntimeError):
     """run_stages stopped before a stage because the invocation's time budget was spent."""
 
 
-def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s: float = 0.0) -> list[dict]:
-    """Run what has not finished yet, in order; returns every stage's marker (name, seconds, skipped). With
-    budget_s > 0, no stage starts once that many seconds have passed (BudgetReached; rerun to continue)."""
+def dependencies(stages: list[Stage]) -> list[set[int]]:
+    """For each stage, the earlier stages whose output it reads: an argument `key=PATH` naming an earlier
+    stage's output (or a path under it). Stages that read nothing earlier can run beside each other."""
+    outputs = [(i, s.output) for i, s in enumerate(stages) if s.output]
+    needs = []
+    for j, stage in enumerate(stages):
+        values = [a.split("=", 1)[1] for a in stage.command[1:] if "=" in a]
+        needs.append({i for i, out in outputs if i < j and any(v == out or v.startswith(out + os.sep)
+                                                               for v in values)})
+    return needs
+
+
+def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s: float = 0.0,
+               workers: int = 1) -> list[dict]:
+    """Run what has not finished yet; returns every stage's marker (name, seconds, skipped). With workers > 1,
+    up to that many launcher stages run at once, each once the stages it reads from (`dependencies`) have
+    finished, in the list's order otherwise. With budget_s > 0, no stage starts once that many seconds have
+    passed (BudgetReached once the running ones finish; rerun to continue). A failed stage starts nothing more
+    and raises once the running ones finish."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
     layout.markers.mkdir(parents=True, exist_ok=True)
-    started, records = time.time(), []
-    for i, stage in enumerate(stages):
-        prefix = f"[reproduce] {i + 1}/{len(stages)} {stage.name}"
+    started = time.time()
+    prefix = [f"[reproduce] {i + 1}/{len(stages)} {s.name}" for i, s in enumerate(stages)]
+    records: list[dict | None] = [None] * len(stages)
+    for i, stage in enumerate(stages):  # every marker checked before anything runs
         marker = finished(layout, i, stage)
         if marker is not None:
-            print(f"{prefix}: done before ({marker['seconds']:.0f} s), skipped", flush=True)
-            records.append({**marker, "skipped": True})
-            continue
-        if budget_s > 0 and time.time() - started >= budget_s:
-            raise BudgetReached(f"time budget of {budget_s / 60:.0f} min reached before stage {i + 1}/{len(stages)} "
-                                f"({stage.name}); run the same command again to continue from there")
-        print(f"{prefix} → {stage.output}", flush=True)
-        t0 = time.time()
+            print(f"{prefix[i]}: done before ({marker['seconds']:.0f} s), skipped", flush=True)
+            records[i] = {**marker, "skipped": True}
+    needs = dependencies(stages)
+
+    def execute(i: int) -> dict:
+        stage, t0 = stages[i], time.time()
+        print(f"{prefix[i]} → {stage.output}", flush=True)
         if stage.action is not None:
             stage.action()
         else:
-            run_command(launcher_command(stage), stage.ranks, layout.logs / f"{i:03d}_{slug(stage.name)}.log", echo)
+            run_command(launcher_command(stage), stage.ranks, layout.logs / f"{i:03d}_{slug(stage.name)}.log",
+                        echo, workers)
         marker = {**identity(stage), "seconds": time.time() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         marker_path(layout, i, stage).write_text(json.dumps(marker, indent=2))
-        records.append({**marker, "skipped": False})
-        print(f"{prefix}: {marker['seconds']:.0f} s (total {time.time() - started:.0f} s)", flush=True)
-    return records
+        print(f"{prefix[i]}: {marker['seconds']:.0f} s (total {time.time() - started:.0f} s)", flush=True)
+        return {**marker, "skipped": False}
+
+    pending = [i for i in range(len(stages)) if records[i] is None]
+    running: dict[Future, int] = {}
+    stop: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        while pending or running:
+            while stop is None and pending and len(running) < max(1, workers):
+                ready = next((i for i in pending if all(records[d] is not None for d in needs[i])), None)
+                if ready is None:
+                    break
+                if budget_s > 0 and time.time() - started >= budget_s:
+                    stop = BudgetReached(
+                        f"time budget of {budget_s / 60:.0f} min reached before stage {ready + 1}/{len(stages)} "
+                        f"({stages[ready].name}); run the same command again to continue from there")
+                    break
+                pending.remove(ready)
+                if stages[ready].action is not None and running:  # in-process work runs alone
+                    pending.insert(0, ready)
+                    break
+                running[pool.submit(execute, ready)] = ready
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                try:
+                    records[i] = future.result()
+                except Exception as err:  # the first failure is raised once the others finish
+                    if stop is None or isinstance(stop, BudgetReached):
+                        stop = err
+    if stop is not None:
+        raise stop
+    if pending:
+        raise RuntimeError(f"stages {[stages[i].name for i in pending]} wait on stages that did not run")
+    return [r for r in records if r is not None]

@@ -4,6 +4,8 @@ running (real marker files), and the report written from results files in evalua
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,7 @@ from omegaconf.errors import ConfigKeyError
 
 from dsl_scale.experiment.config import expanded_methods, load_experiment
 from dsl_scale.experiment.report import write_report
-from dsl_scale.experiment.stages import BudgetReached, Layout, Stage, build_stages, run_stages
+from dsl_scale.experiment.stages import BudgetReached, Layout, Stage, build_stages, dependencies, run_stages
 
 ARMS = ["mdlm", "dsl", "dsl_authors", "mdlm_2x", "corrupt"]
 # rows every preregistered rule reads (PREREGISTRATION.md), in both testbeds' configs
@@ -225,3 +227,35 @@ def test_report_averages_seeds_with_sanity_rows_analyses_and_plot(tmp_path):
     layout.results(methods[0], 4, 1).unlink()
     with pytest.raises(FileNotFoundError, match="seed=1 has not run"):
         write_report(e, layout, stages=[], wall_s=0.0)
+
+
+def test_two_workers_overlap_independent_launchers_and_order_dependent_ones(tmp_path, monkeypatch):
+    import dsl_scale.experiment.stages as stages_module
+
+    layout, spans = Layout(tmp_path), {}
+
+    def fake_launch(command, ranks, log, echo, workers):  # the subprocess stands in for a launcher
+        name = command[1]
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.4)"], check=True)
+        spans[name] = (t0, time.time())
+        if name == "bad":
+            raise RuntimeError("stage command failed")
+
+    monkeypatch.setattr(stages_module, "run_command", fake_launch)
+    monkeypatch.setattr(stages_module, "launcher_command", lambda stage: ["python", stage.name])
+    out = {n: str(tmp_path / n) for n in ("a", "b", "c")}
+    stages = [Stage("a", ["a.py", "x=1"], output=out["a"]), Stage("b", ["b.py", "y=2"], output=out["b"]),
+              Stage("c", ["c.py", f"checkpoint={out['a']}/step_1"], output=out["c"])]
+    assert dependencies(stages) == [set(), set(), {0}]
+    records = run_stages(stages, layout, echo=False, workers=2)
+    assert [r["name"] for r in records] == ["a", "b", "c"]
+    assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1]  # a and b overlapped
+    assert spans["c"][0] >= spans["a"][1]  # c read a's output: it waited
+    # a failure starts nothing more, lets the running stage finish, and raises
+    failing = [Stage("bad", ["bad.py"], output=str(tmp_path / "bad")),
+               Stage("ok", ["ok.py"], output=str(tmp_path / "ok")),
+               Stage("after", ["z.py", f"in={tmp_path / 'bad'}"], output=str(tmp_path / "after"))]
+    with pytest.raises(RuntimeError, match="failed"):
+        run_stages(failing, Layout(tmp_path / "f"), echo=False, workers=2)
+    assert "ok" in spans and "after" not in spans
