@@ -237,6 +237,12 @@ def finished(layout: Layout, index: int, stage: Stage) -> dict | None:
     return marker
 
 
+def say(line: str) -> None:
+    """One progress line in one write, so the lines of stages running at once do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def child_env(ranks: int, workers: int = 1) -> dict[str, str]:
     """A launcher's environment: with several ranks or several stages at once, each process gets its share of
     the cores (and keeps it: set_cpu_threads would otherwise give every one of them all the cores)."""
@@ -261,7 +267,7 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool, workers: 
         for line in proc.stdout:
             out.write(line)
             if echo and line.startswith("[dsl_scale]"):
-                print(f"      {line.rstrip()}", flush=True)
+                say(f"      {line.rstrip()}")
         code = proc.wait()
     if code != 0:
         tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-40:])
@@ -300,13 +306,13 @@ def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s:
     for i, stage in enumerate(stages):  # every marker checked before anything runs
         marker = finished(layout, i, stage)
         if marker is not None:
-            print(f"{prefix[i]}: done before ({marker['seconds']:.0f} s), skipped", flush=True)
+            say(f"{prefix[i]}: done before ({marker['seconds']:.0f} s), skipped")
             records[i] = {**marker, "skipped": True}
     needs = dependencies(stages)
 
     def execute(i: int) -> dict:
         stage, t0 = stages[i], time.time()
-        print(f"{prefix[i]} → {stage.output}", flush=True)
+        say(f"{prefix[i]} → {stage.output}")
         if stage.action is not None:
             stage.action()
         else:
@@ -314,7 +320,7 @@ def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s:
                         echo, workers)
         marker = {**identity(stage), "seconds": time.time() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         marker_path(layout, i, stage).write_text(json.dumps(marker, indent=2))
-        print(f"{prefix[i]}: {marker['seconds']:.0f} s (total {time.time() - started:.0f} s)", flush=True)
+        say(f"{prefix[i]}: {marker['seconds']:.0f} s (total {time.time() - started:.0f} s)")
         return {**marker, "skipped": False}
 
     pending = [i for i in range(len(stages)) if records[i] is None]

@@ -37,6 +37,11 @@ def at_least_as_good(d: dict, m: dict, metric: str, scale: float = 1.0) -> bool:
     return dv <= mv + margin(metric, mv, scale)
 
 
+def diverse(d: dict, m: dict) -> bool:
+    """The mode-seeking guard: D's distinct-4 at least as good as M's (margin 0.03); no figure, no objection."""
+    return d.get("distinct_4") is None or m.get("distinct_4") is None or at_least_as_good(d, m, "distinct_4")
+
+
 def competing(rows: list[dict], arm: str, samplers: frozenset, budget: int, seed: int | None) -> list[dict]:
     return [r for r in rows if r["arm"] == arm and r["sampler"] in samplers and ", τ=" not in r["method"]
             and (seed is None or r["finetune_seed"] == seed) and (r["mean_nfe"] or r["T"]) <= budget + 1]
@@ -70,14 +75,19 @@ def step_factor_rule(rows: list[dict], metrics: list[str], seed: int, dsl_arm: s
     involved = candidates + [b for per in baselines.values() for b in per.values()]
     if not _sane(involved, metrics):
         return {"passed": None, "why": "no verdict: sanity failed"}
+    seeking = None
     for d in candidates:
-        if all(d.get(m) is not None for m in metrics) and all(
-                at_least_as_good(d, b, m) and (not guard or d.get("distinct_4") is None or b.get("distinct_4") is None
-                                               or at_least_as_good(d, b, "distinct_4"))
-                for per in baselines.values() for m, b in per.items()):
+        if not all(d.get(m) is not None and at_least_as_good(d, b, m)
+                   for per in baselines.values() for m, b in per.items()):
+            continue
+        if not guard or all(diverse(d, b) for per in baselines.values() for b in per.values()):
             return {"passed": True, "row": d["method"], "T": d["T"],
                     "against": {arm: {m: f"{b['method']} T={b['T']}" for m, b in per.items()}
                                 for arm, per in baselines.items()}}
+        seeking = seeking or d
+    if seeking is not None:
+        return {"passed": False, "mode_seeking": True,
+                "why": f"{seeking['method']} T={seeking['T']} meets the metrics with a lower distinct-4 (mode seeking)"}
     return {"passed": False, "why": f"no DSL row at budget {low} meets every condition"}
 
 
@@ -112,13 +122,19 @@ def training_alone_rule(rows: list[dict], primary: str, secondary: str, seeds: l
             continue
         both = sum(at_least_as_good(d, m, primary) and (d.get(secondary) is None or m.get(secondary) is None
                                                         or at_least_as_good(d, m, secondary)) for d, m in pairs)
+        guarded = sum(diverse(d, m) for d, m in pairs)
         wins = sum(better(d, m, primary) for d, m in pairs)
         worse = sum(not at_least_as_good(d, m, primary) for d, m in pairs)
-        per_seed[seed] = {"passed": both == len(pairs) and 2 * wins >= len(pairs), "worse": worse,
-                          "row": f"{both}/{len(pairs)} at least as good, {wins} better, {worse} worse"}
+        met = both == len(pairs) and 2 * wins >= len(pairs)
+        per_seed[seed] = {"passed": met and guarded == len(pairs), "worse": worse,
+                          "mode_seeking": met and guarded < len(pairs),
+                          "row": f"{both}/{len(pairs)} at least as good, {wins} better, {worse} worse, "
+                                 f"distinct-4 guard {guarded}/{len(pairs)}"}
     outcomes = list(per_seed.values())
     if any(v["passed"] is None for v in outcomes):
         verdict = seeds_verdict(per_seed)
+    elif any(v.get("mode_seeking") for v in outcomes):
+        verdict = "fails (mode seeking)"
     elif all(v["passed"] for v in outcomes):
         verdict = "holds"
     elif any(v["worse"] >= 4 for v in outcomes):
@@ -162,6 +178,8 @@ def seeds_verdict(per_seed: dict[int, dict]) -> str:
         return "no verdict (" + "; ".join(v.get("why", "") for v in per_seed.values() if v["passed"] is None) + ")"
     if all(outcomes):
         return "holds"
+    if any(v.get("mode_seeking") for v in per_seed.values()):
+        return "fails (mode seeking)"
     return "not supported (seeds disagree)" if any(outcomes) else "fails"
 
 
@@ -192,10 +210,13 @@ def verdicts(rows: list[dict], metrics: list[str], finetune_seeds: list[int]) ->
         per_seed = {}
         for s in finetune_seeds:
             candidates = competing(rows, "dsl", DSL_SAMPLERS, 64, s)
-            ok = [d for d in candidates if all(d.get(m) is not None and ar_rows[0].get(m) is not None
-                                               and at_least_as_good(d, ar_rows[0], m, 2.5 if m in RELATIVE_MARGINS
-                                                                    else 1.0) for m in ar_metrics)]
-            per_seed[s] = {"passed": bool(ok), **({"row": ok[0]["method"]} if ok else {})}
+            met = [d for d in candidates if all(d.get(m) is not None and ar_rows[0].get(m) is not None
+                                                and at_least_as_good(d, ar_rows[0], m, 2.5 if m in RELATIVE_MARGINS
+                                                                     else 1.0) for m in ar_metrics)]
+            ok = [d for d in met if diverse(d, ar_rows[0])]
+            per_seed[s] = {"passed": bool(ok), "mode_seeking": bool(met) and not ok,
+                           **({"row": ok[0]["method"]} if ok else {"row": f"{met[0]['method']}: mode seeking"}
+                              if met else {})}
             if not _sane(candidates + ar_rows, ar_metrics):
                 per_seed[s] = {"passed": None, "why": "no verdict: sanity failed"}
         out["claim5"] = {"verdict": seeds_verdict(per_seed), "per_seed": per_seed, "metrics": ar_metrics}

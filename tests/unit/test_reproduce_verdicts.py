@@ -44,7 +44,8 @@ def test_step_factor_rule_reads_the_best_baseline_per_metric_at_the_budget():
     assert not step_factor_rule(grid(0, 3.94, 0.051), ["eps_nll", "tv_2"], 0)["passed"]  # TV too far
     assert not step_factor_rule(grid(0, 3.96, 0.04), ["eps_nll", "tv_2"], 0)["passed"]  # NLL too far
     guard = step_factor_rule(grid(0, 3.5, 0.01, dsl_distinct=0.6), ["eps_nll", "tv_2"], 0)
-    assert guard["passed"] is False  # distinct-4 0.6 < 0.7 − 0.03: mode seeking
+    assert guard["passed"] is False and guard["mode_seeking"]  # distinct-4 0.6 < 0.7 − 0.03
+    assert seeds_verdict({0: guard, 1: {"passed": True}}) == "fails (mode seeking)"
     assert step_factor_rule(grid(0, 3.5, 0.01, sane=False), ["eps_nll", "tv_2"], 0)["passed"] is None
 
 
@@ -59,6 +60,9 @@ def test_seed_rule_and_the_report_entry():
     assert result["claim5"]["verdict"] == "holds"  # the DSL rows at T = 64 (1.0, 0.0) beat the AR row
     result = verdicts([*rows, row("AR", "ar", "ar", 64, None, 0.9, 0.0, nfe=127)], ["eps_nll", "hmm_tv"], [0, 1])
     assert result["claim5"]["verdict"] == "fails"  # 1.0 > 0.9 + 0.05
+    result = verdicts([*rows, row("AR", "ar", "ar", 64, None, 3.0, 0.03, distinct=0.9, nfe=127)],
+                      ["eps_nll", "hmm_tv"], [0, 1])
+    assert result["claim5"]["verdict"] == "fails (mode seeking)"  # better NLL and TV, distinct-4 0.7 < 0.9 − 0.03
 
 
 def test_control_rules_read_the_remask_counts_and_the_analyses():
@@ -104,6 +108,11 @@ def test_training_alone_and_mauve_rules():
     assert training_alone_rule(grid_ + ties, "eps_nll", "tv_2", [0])["verdict"] == "not supported"
     losses = [cell("dsl", s, T, 4.1) for s in ("mdlm", "remdm_loop", "confidence_unmask") for T in (8, 16, 32, 64)]
     assert training_alone_rule(grid_ + losses, "eps_nll", "tv_2", [0])["verdict"] == "fails"
+    for c in grid_:
+        c["distinct_4"] = 0.7
+    for c in wins:
+        c["distinct_4"] = 0.6 if c["T"] == 8 else 0.7  # three pairs fail the distinct-4 guard
+    assert training_alone_rule(grid_ + wins, "eps_nll", "tv_2", [0])["verdict"] == "fails (mode seeking)"
 
     def mauve_cell(arm: str, sampler: str, T: int, value: float, half: float) -> dict:
         return {"method": f"{arm} {sampler}", "arm": arm, "sampler": sampler, "T": T, "finetune_seed": 0,
