@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         records = run_stages(stages, layout, budget_s=experiment.stop_after_minutes * 60,
-                             workers=experiment.workers)
+                             workers=experiment.workers, in_process=experiment.in_process)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"[reproduce] stopped: {err}", file=sys.stderr)
         return 1

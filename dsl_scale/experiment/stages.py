@@ -5,8 +5,10 @@ stops the run instead of mixing settings in one output directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -274,6 +276,78 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool, workers: 
         raise RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
 
 
+IN_PROCESS_SCRIPTS = ("sample.py", "evaluate.py")
+
+
+class CellWorkers:
+    """Long-lived processes (experiment/cell_worker.py) that run sample and evaluate commands, one per stage
+    running at once, started on first use: a cell pays for one import of torch, DeepSpeed and megatron-core per
+    worker instead of one per command."""
+
+    def __init__(self, workers: int, logs: Path, echo: bool):
+        self.workers, self.logs, self.echo = workers, logs, echo
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        self.started: list[subprocess.Popen] = []
+
+    @staticmethod
+    def takes(stage: Stage) -> bool:
+        return stage.action is None and stage.ranks == 1 and stage.command[0] in IN_PROCESS_SCRIPTS
+
+    def _start(self) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        err = open(self.logs / f"cell_worker_{len(self.started)}.log", "a", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-m", "dsl_scale.experiment.cell_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                                env=child_env(1, self.workers), cwd=REPO)
+        err.close()
+        self.started.append(proc)
+        return proc
+
+    def run(self, stage: Stage, log: Path) -> None:
+        from dsl_scale.experiment.cell_worker import REPLY
+
+        try:
+            proc = self.idle.get_nowait()
+        except queue.Empty:
+            proc = self._start()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(f"$ (cell worker {proc.pid}) {' '.join(stage.command)}\n")
+        offset = log.stat().st_size
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"script": stage.command[0], "args": stage.command[1:], "log": str(log)}) + "\n")
+        proc.stdin.flush()
+        code = None
+        for line in proc.stdout:
+            if line.startswith(REPLY):
+                code = json.loads(line[len(REPLY):])["rc"]
+                break
+        if code is None:  # the worker died: this stage fails, the next one starts a fresh worker
+            raise RuntimeError(f"the cell worker running {stage.name!r} exited with {proc.wait()} (see {log} and "
+                               f"{self.logs}/cell_worker_*.log)")
+        self.idle.put(proc)
+        with open(log, encoding="utf-8") as out:
+            out.seek(offset)
+            written = out.read()
+        if self.echo:
+            for line in written.splitlines():
+                if line.startswith("[dsl_scale]"):
+                    say(f"      {line}")
+        if code != 0:
+            tail = "".join(written.splitlines(keepends=True)[-40:])
+            raise RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
+
+    def close(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None and proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.started:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 class BudgetReached(RuntimeError):
     """run_stages stopped before a stage because the invocation's time budget was spent."""
 
@@ -291,12 +365,12 @@ def dependencies(stages: list[Stage]) -> list[set[int]]:
 
 
 def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s: float = 0.0,
-               workers: int = 1) -> list[dict]:
+               workers: int = 1, in_process: bool = False) -> list[dict]:
     """Run what has not finished yet; returns every stage's marker (name, seconds, skipped). With workers > 1,
     up to that many launcher stages run at once, each once the stages it reads from (`dependencies`) have
     finished, in the list's order otherwise. With budget_s > 0, no stage starts once that many seconds have
     passed (BudgetReached once the running ones finish; rerun to continue). A failed stage starts nothing more
-    and raises once the running ones finish."""
+    and raises once the running ones finish. With in_process, sample and evaluate commands run in CellWorkers."""
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     layout.markers.mkdir(parents=True, exist_ok=True)
@@ -309,15 +383,18 @@ def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s:
             say(f"{prefix[i]}: done before ({marker['seconds']:.0f} s), skipped")
             records[i] = {**marker, "skipped": True}
     needs = dependencies(stages)
+    cells = CellWorkers(max(1, workers), layout.logs, echo) if in_process else None
 
     def execute(i: int) -> dict:
         stage, t0 = stages[i], time.time()
         say(f"{prefix[i]} → {stage.output}")
+        log = layout.logs / f"{i:03d}_{slug(stage.name)}.log"
         if stage.action is not None:
             stage.action()
+        elif cells is not None and cells.takes(stage):
+            cells.run(stage, log)
         else:
-            run_command(launcher_command(stage), stage.ranks, layout.logs / f"{i:03d}_{slug(stage.name)}.log",
-                        echo, workers)
+            run_command(launcher_command(stage), stage.ranks, log, echo, workers)
         marker = {**identity(stage), "seconds": time.time() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         marker_path(layout, i, stage).write_text(json.dumps(marker, indent=2))
         say(f"{prefix[i]}: {marker['seconds']:.0f} s (total {time.time() - started:.0f} s)")
@@ -326,7 +403,9 @@ def run_stages(stages: list[Stage], layout: Layout, echo: bool = True, budget_s:
     pending = [i for i in range(len(stages)) if records[i] is None]
     running: dict[Future, int] = {}
     stop: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, contextlib.ExitStack() as cleanup:
+        if cells is not None:
+            cleanup.callback(cells.close)
         while pending or running:
             while stop is None and pending and len(running) < max(1, workers):
                 ready = next((i for i in pending if all(records[d] is not None for d in needs[i])), None)

@@ -3,7 +3,7 @@ MDLM continued, DSL, the discrete-corruption control, AR), sampling and evaluati
 bigram / trigram TV, the Kneser–Ney scorer, Fréchet distance on the AR run's features, sanity rows, in-sampler
 self-correction) of every (method, T) cell through the real launchers: confidence remasking, confidence-ordered
 unmasking, DSL-LLaDA's SDE settings and the AR sampler; the analyses of every arm, then the report; a second run
-finds every stage done."""
+finds every stage done; a cell run by its launcher alone matches the one the cell workers ran."""
 
 from __future__ import annotations
 
@@ -67,6 +67,17 @@ def test_quick_reproduction_completes_and_resumes(tmp_path):
 
     again = reproduce(out, timeout=300)
     assert again.stdout.count("skipped") == len(list((out / "stages").glob("*.json"))) == 23
+
+    # the quick config runs its cells in long-lived workers (in_process): the launcher, run on its own, writes
+    # the same samples
+    marker = next((out / "stages").glob("*_sample_dsl_confidence_remasking_t_4_seed_0.json"))
+    command = json.loads(marker.read_text())["command"]
+    alone = tmp_path / "alone.jsonl"
+    args = [a if not a.startswith("out=") else f"out={alone}" for a in command[1:]]
+    done = subprocess.run([sys.executable, str(REPO / "launchers" / command[0]), *args], env=env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert alone.read_text() == (out / "samples" / "dsl_confidence_remasking_T4_seed0.jsonl").read_text()
 
 
 def _remasks(samples: str) -> list[list]:
