@@ -134,7 +134,7 @@ class Experiment:
     # stages run at once where they do not read each other's output, the cores shared between them: on CPU a
     # small model's training and sampling scale poorly across cores, and every stage's start-up is serial work
     workers: int = 1
-    # sample and evaluate commands run in long-lived worker processes (experiment/cell_worker.py): one import of
+    # sample and evaluate commands run in long-lived worker processes (cli/cell_worker.py): one import of
     # torch, DeepSpeed and megatron-core per worker instead of one per cell
     in_process: bool = False
 

@@ -216,7 +216,8 @@ def markdown(e: Experiment, rows: list[dict], runs: dict[str, dict], wall_s: flo
         f"global batch {t.global_batch}; AR {t.ar_steps} steps (seeds {list(t.ar_seeds)}). "
         f"{s.num_samples} samples per cell and sampling seed, seeds {list(s.seeds)} averaged (intervals: the "
         f"envelope of the seeds' bootstrap 95 % intervals), top-p {s.top_p}; metrics {', '.join(v.metrics)}; "
-        f"MAUVE / Fréchet featurizer `{v.featurizer}`. Wall time {wall_s / 60:.1f} min.",
+        f"MAUVE / Fréchet featurizer `{v.featurizer}`. Wall time {wall_s / 60:.1f} min (the first stage's start to "
+        f"the last one's end; {e.workers} stage(s) at once).",
         *(["", e.note] if e.note else []),
         "",
     ]

@@ -277,10 +277,11 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool, workers: 
 
 
 IN_PROCESS_SCRIPTS = ("sample.py", "evaluate.py")
+REPLY = "REPLY "  # the line cli/cell_worker.py answers each command with
 
 
 class CellWorkers:
-    """Long-lived processes (experiment/cell_worker.py) that run sample and evaluate commands, one per stage
+    """Long-lived processes (cli/cell_worker.py) that run sample and evaluate commands, one per stage
     running at once, started on first use: a cell pays for one import of torch, DeepSpeed and megatron-core per
     worker instead of one per command."""
 
@@ -296,7 +297,7 @@ class CellWorkers:
     def _start(self) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
         err = open(self.logs / f"cell_worker_{len(self.started)}.log", "a", encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, "-m", "dsl_scale.experiment.cell_worker"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "dsl_scale.cli.cell_worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
                                 env=child_env(1, self.workers), cwd=REPO)
         err.close()
@@ -304,8 +305,6 @@ class CellWorkers:
         return proc
 
     def run(self, stage: Stage, log: Path) -> None:
-        from dsl_scale.experiment.cell_worker import REPLY
-
         try:
             proc = self.idle.get_nowait()
         except queue.Empty:
@@ -346,6 +345,14 @@ class CellWorkers:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def stage_span(records: list[dict]) -> float:
+    """Seconds from the first stage's start to the last one's end, by the markers' clocks (stages that ran at
+    once count once; pauses between invocations count too); 0 without markers."""
+    ends = [time.mktime(time.strptime(r["finished"], "%Y-%m-%d %H:%M:%S")) for r in records if r.get("finished")]
+    starts = [end - r["seconds"] for end, r in zip(ends, (r for r in records if r.get("finished")))]
+    return max(ends) - min(starts) if ends else 0.0
 
 
 class BudgetReached(RuntimeError):

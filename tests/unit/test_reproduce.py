@@ -259,3 +259,11 @@ def test_two_workers_overlap_independent_launchers_and_order_dependent_ones(tmp_
     with pytest.raises(RuntimeError, match="failed"):
         run_stages(failing, Layout(tmp_path / "f"), echo=False, workers=2)
     assert "ok" in spans and "after" not in spans
+
+
+def test_the_wall_time_counts_stages_that_ran_at_once_once():
+    from dsl_scale.experiment.stages import stage_span
+
+    records = [{"finished": "2026-12-07 06:00:10", "seconds": 10}, {"finished": "2026-12-07 06:00:15", "seconds": 10},
+               {"finished": "2026-12-07 06:01:00", "seconds": 5}]
+    assert stage_span(records) == 60 and stage_span([]) == 0

@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-REPLY = "REPLY "
+from dsl_scale.experiment.stages import REPLY
 
 
 def entry_point(script: str) -> tuple[str, Callable[[], None], Callable | None, Callable]:
