@@ -124,3 +124,27 @@ def test_training_alone_and_mauve_rules():
     wide[2] = mauve_cell("dsl", "remdm_confidence", 8, 0.8, 0.05)
     wide[0] = mauve_cell("mdlm", "mdlm", 8, 0.3, 0.05)
     assert mauve_rule(wide, [0])["verdict"] == "holds"
+
+
+def test_claims_across_testbeds_need_every_testbed_and_name_a_missing_one():
+    from dsl_scale.experiment.claims import both_bases, claims_table, on_every
+
+    def run(**verdicts_by_key) -> dict:
+        return {"verdicts": {key: {"verdict": seeds_verdict(per_seed), "per_seed": per_seed}
+                             for key, per_seed in verdicts_by_key.items()}}
+
+    yes, no = {"passed": True}, {"passed": False}
+    synthetic = run(claim1_dsl={"0": yes, "1": yes}, claim4={"0": yes, "1": yes})
+    base2000 = run(claim1_dsl={"0": yes, "1": no})
+    text = run(claim4={"0": yes, "1": no})
+    results = {"synthetic": synthetic, "synthetic_base2000": base2000, "text": text}
+    assert both_bases(results, "claim1_dsl") == "holds for the 800-step base only"
+    assert both_bases({**results, "synthetic_base2000": synthetic}, "claim1_dsl") == "holds"
+    assert both_bases({**results, "synthetic_base2000": None}, "claim1_dsl") == (
+        "no verdict (synthetic, 2,000-step base not run); synthetic, 800-step base: holds")
+    # calibration must hold on both testbeds for both seeds: seed 1 fails on text
+    assert on_every({t: results[t]["verdicts"]["claim4"] for t in ("synthetic", "text")}) == (
+        "not supported (seeds disagree)")
+    table = {(r["claim"], r["where"]): r["verdict"] for r in claims_table({**results, "text": None})}
+    assert table[("calibration (vs the control)", "both testbeds")] == "no verdict (text not run)"
+    assert table[("better MAUVE at low budgets (B = 8, 16)", "text")] == "no verdict (text not run)"
