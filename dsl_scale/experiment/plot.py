@@ -1,7 +1,8 @@
 """The reproduction's curves: each quality figure against the mean number of denoiser evaluations, one line
 per method, with the 95 % interval of every point as an error bar and the sanity rows (held-out real, shuffled
 real) as horizontal reference lines. One PNG per metric (quality_vs_nfe_KEY.png, readable at page width) and
-all of them in a two-column grid (quality_vs_nfe.png)."""
+all of them in a two-column grid (quality_vs_nfe.png); a per-metric figure has the MDLM arms' rows and the DSL
+arms' rows in two panels with one y axis, for the first fine-tune seed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ REFERENCES = (("real", "held-out real", "k", "--"), ("shuffled", "shuffled real"
 
 
 def _panel(ax, rows: list[dict], methods: list[str], key: str, title: str) -> None:
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 lines, each its own colour
     for method in methods:
         points = sorted((r for r in rows if r["method"] == method and r[key] is not None),
                         key=lambda r: r["mean_nfe"] or r["T"])
@@ -56,8 +58,20 @@ def plot_quality_vs_nfe(rows: list[dict], methods: list[str], panels: list[tuple
     fig.savefig(out, dpi=110)
     plt.close(fig)
     for key, title in panels:
-        fig, ax = plt.subplots(figsize=(8.0, 5.0))
-        _panel(ax, rows, methods, key, title)
+        fig, axes = plt.subplots(1, 2, figsize=(13.0, 5.2), sharex=True, sharey=True, squeeze=False)
+        for ax, (group, members) in zip(axes.flat, method_groups(methods)):
+            _panel(ax, rows, members, key, f"{title}: {group}")
         fig.tight_layout()
         fig.savefig(out.with_name(f"{out.stem}_{key}{out.suffix}"), dpi=110)
         plt.close(fig)
+
+
+def method_groups(methods: list[str]) -> list[tuple[str, list[str]]]:
+    """The per-metric figures' two panels: the MDLM arms' rows (and AR) beside the DSL arms' and the control's,
+    for the first fine-tune seed only (labels with "[ft k]" are the other seeds': in the tables), so that each
+    panel has few enough lines to read."""
+    first = [m for m in methods if "[ft " not in m]
+    dsl = [m for m in first if m.startswith(("DSL", "Control"))]
+    seeds = " (first fine-tune seed)" if len(first) < len(methods) else ""
+    return [(f"MDLM arms and AR{seeds}", [m for m in first if m not in dsl]),
+            (f"DSL arms and the control{seeds}", dsl)]
