@@ -58,9 +58,11 @@ def plot_quality_vs_nfe(rows: list[dict], methods: list[str], panels: list[tuple
     fig.savefig(out, dpi=110)
     plt.close(fig)
     for key, title in panels:
-        fig, axes = plt.subplots(1, 2, figsize=(13.0, 5.2), sharex=True, sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, 2, figsize=(13.0, 7.0), sharex=True, sharey=True, squeeze=False)
         for ax, (group, members) in zip(axes.flat, method_groups(methods)):
-            _panel(ax, rows, members, key, f"{title}: {group}")
+            _panel(ax, rows, members, key, group)
+            ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: off the data
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         fig.savefig(out.with_name(f"{out.stem}_{key}{out.suffix}"), dpi=110)
         plt.close(fig)
