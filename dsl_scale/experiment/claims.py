@@ -22,8 +22,9 @@ def on_every(entries: dict[str, dict | None]) -> str:
     """A rule that must hold on every testbed named: per fine-tune seed it passes only where it passes on all of
     them, then the seed rule (both seeds: holds; one: seeds disagree; none: fails)."""
     missing = [TESTBED_NAMES[t] for t, e in entries.items() if e is None]
-    if missing:
-        return f"no verdict ({', '.join(missing)} not run)"
+    if missing:  # with the verdict of each testbed that did run beside it
+        return f"no verdict ({', '.join(missing)} not run)" + "".join(
+            f"; {TESTBED_NAMES[t]}: {e['verdict']}" for t, e in entries.items() if e is not None)
     seeds = sorted({s for e in entries.values() for s in e["per_seed"]})
     per_seed = {}
     for seed in seeds:
@@ -42,9 +43,6 @@ def both_bases(results: dict[str, dict | None], key: str) -> str:
         return "holds"
     if held and all(e is not None for e in entries.values()):
         return f"holds for the {TESTBED_NAMES[held[0]].split(', ')[1]} only"
-    if any(e is None for e in entries.values()):
-        ran = {t: e["verdict"] for t, e in entries.items() if e is not None}
-        return on_every(entries) + "".join(f"; {TESTBED_NAMES[t]}: {v}" for t, v in ran.items())
     return on_every(entries)
 
 
