@@ -94,9 +94,9 @@ def test_stages_train_every_arm_per_seed_and_sample_only_the_cells_each_method_n
     assert f"checkpoint={layout.run('dsl_ft1')}" in second and "sampler=remdm_confidence" in second
     ar = by_name["sample AR T=64 seed=0"].command
     assert f"checkpoint={layout.run('ar')}" in ar and "sampler=ar" in ar
-    frontier = by_name["sample DSL + confidence remasking, τ=0.8 T=16 seed=0"].command
+    frontier = by_name["sample DSL + confidence unmasking, τ=0.8 T=16 seed=0"].command
     assert "sampler.temperature=0.8" in frontier
-    assert "sample DSL + confidence remasking, τ=0.8 T=8 seed=0" not in by_name
+    assert "sample DSL + confidence unmasking, τ=0.8 T=8 seed=0" not in by_name
     evaluate = by_name["evaluate DSL + confidence remasking T=16 seed=0"].command
     assert f"scorer={layout.run('ar')}" in evaluate and f"scorer2={layout.run('ar_seed1')}" in evaluate
     assert "kn_order=5" in evaluate and f"featurizer_path={layout.run('ar')}" in evaluate
