@@ -272,8 +272,12 @@ def run_command(command: list[str], ranks: int, log: Path, echo: bool, workers: 
                 say(f"      {line.rstrip()}")
         code = proc.wait()
     if code != 0:
-        tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
+        raise failure(code, log, log.read_text(encoding="utf-8"))
+
+
+def failure(code: int, log: Path, output: str) -> RuntimeError:
+    tail = "".join(output.splitlines(keepends=True)[-40:])
+    return RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
 
 
 IN_PROCESS_SCRIPTS = ("sample.py", "evaluate.py")
@@ -333,8 +337,7 @@ class CellWorkers:
                 if line.startswith("[dsl_scale]"):
                     say(f"      {line}")
         if code != 0:
-            tail = "".join(written.splitlines(keepends=True)[-40:])
-            raise RuntimeError(f"stage command failed with exit code {code} (full log: {log}):\n{tail}")
+            raise failure(code, log, written)
 
     def close(self) -> None:
         for proc in self.started:
@@ -350,9 +353,9 @@ class CellWorkers:
 def stage_span(records: list[dict]) -> float:
     """Seconds from the first stage's start to the last one's end, by the markers' clocks (stages that ran at
     once count once; pauses between invocations count too); 0 without markers."""
-    ends = [time.mktime(time.strptime(r["finished"], "%Y-%m-%d %H:%M:%S")) for r in records if r.get("finished")]
-    starts = [end - r["seconds"] for end, r in zip(ends, (r for r in records if r.get("finished")))]
-    return max(ends) - min(starts) if ends else 0.0
+    done = [r for r in records if r.get("finished")]
+    ends = [time.mktime(time.strptime(r["finished"], "%Y-%m-%d %H:%M:%S")) for r in done]
+    return max(ends) - min(end - r["seconds"] for end, r in zip(ends, done)) if done else 0.0
 
 
 class BudgetReached(RuntimeError):
